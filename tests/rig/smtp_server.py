@@ -1,0 +1,878 @@
+"""A real aiosmtpd SMTP server for the tests and benchmarks, with fault injection.
+
+Two forms share one handler:
+
+* in-process: ``SMTPServer(users=...).start()`` runs the server on its own event
+  loop in a daemon thread (so sync and async tests alike can use it) and keeps
+  every accepted message in a thread-safe list (``messages``, ``wait_for``);
+* subprocess: ``python -m tests.rig.smtp_server --port P --users a@x:pw,...
+  --record FILE.jsonl [--control-port C] [--fast]``, driven with the
+  ``SMTPServerProcess`` wrapper or the ``control()`` client helpers over a
+  line-based JSON control port.
+
+Every accepted message is recorded as one JSON object (one line in the record
+file, flushed at once) with ``mail_from_at`` / ``data_at`` (``time.time()``
+when MAIL FROM arrived / when the DATA terminator was read), ``mail_from``,
+``rcpt_tos``, ``message_id``, ``x_warmup_id``, ``subject``, ``auth_login`` and
+``raw`` (the message as str).
+
+Faults (``set_fault(mode, count=None, sender=None, seconds=..., at=None)``):
+
+========== ============================================= ===============
+mode       effect                                        stage (``at``)
+========== ============================================= ===============
+"421"      reply 421 then close the connection           mail|rcpt|data
+"451"      reply 451 (temporary failure)                 mail|rcpt|data
+"550"      reply 550 (permanent failure)                 mail|rcpt|data
+"535"      reject AUTH with 535 even for good passwords  auth (fixed;
+           (counts once per session, whatever the        one count per
+           client retries with other mechanisms)         session)
+"drop"     close the connection without any reply        mail|rcpt|data
+"stall"    sleep ``seconds`` without answering, then     mail|rcpt|data
+           carry on normally
+"stall_before"  = "stall" at "mail" (default) or "rcpt"
+"stall_after"   = "stall" at "data": the message is
+           received *and recorded*, only the answer is
+           late (a client that times out has an
+           ambiguous delivery, as with a real server)
+========== ============================================= ===============
+
+The default stage is "mail" (MAIL FROM). ``count`` is how many times the fault
+fires before it clears itself (``None``: until ``reset()``). ``sender``
+restricts it to one MAIL FROM address (for "535": to one AUTH login); a
+sender-specific fault wins over a global one. Setting a fault replaces any
+earlier fault with the same ``sender``. A "data"-stage 421/451/550/drop
+rejects the message after its data was received: it is not recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+__all__ = [
+    "FAULT_MODES",
+    "Fault",
+    "FaultTable",
+    "Recorder",
+    "RigHandler",
+    "SMTPServer",
+    "SMTPServerProcess",
+    "ServerThread",
+    "control",
+    "make_smtp_factory",
+    "parse_users",
+    "remote_reset",
+    "remote_set_fault",
+    "remote_stats",
+    "scan_headers",
+]
+
+FAULT_MODES = ("421", "451", "550", "535", "drop", "stall", "stall_before", "stall_after")
+STAGES = ("mail", "rcpt", "data")
+RIG_HOSTNAME = "rig.warmup.test"  # never let aiosmtpd call socket.getfqdn() per connection
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _DropRigNoise(logging.Filter):
+    """Drop aiosmtpd's per-connection warnings that the rig triggers on purpose."""
+
+    NOISE = ("Session.login_data is deprecated",)  # aiosmtpd itself sets it on AUTH
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self.NOISE)
+
+
+logging.getLogger("mail.log").addFilter(_DropRigNoise())
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@dataclass
+class Fault:
+    mode: str  # one of "421", "451", "550", "535", "drop", "stall"
+    stage: str  # "auth", "mail", "rcpt" or "data"
+    remaining: int | None  # None: until reset
+    sender: str | None  # lower-cased MAIL FROM (or AUTH login for 535); None: everyone
+    seconds: float = 0.0  # for "stall"
+
+
+def _normalise_fault(
+    mode: str, count: int | None, sender: str | None, seconds: float | None, at: str | None
+) -> Fault:
+    mode = str(mode)
+    if mode not in FAULT_MODES:
+        raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
+    if count is not None and count < 1:
+        raise ValueError("count must be >= 1 or None")
+    if mode == "535":
+        if at not in (None, "auth"):
+            raise ValueError("fault 535 applies to AUTH only")
+        stage = "auth"
+    elif mode == "stall_after":
+        if at not in (None, "data"):
+            raise ValueError("stall_after is at DATA")
+        mode, stage = "stall", "data"
+    elif mode == "stall_before":
+        stage = at or "mail"
+        if stage not in ("mail", "rcpt"):
+            raise ValueError("stall_before is at 'mail' or 'rcpt'")
+        mode = "stall"
+    else:
+        stage = at or "mail"
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if mode == "stall" and (seconds is None or seconds < 0):
+        raise ValueError("a stall fault needs seconds >= 0")
+    return Fault(
+        mode=mode,
+        stage=stage,
+        remaining=count,
+        sender=sender.lower() if sender else None,
+        seconds=float(seconds or 0.0),
+    )
+
+
+class FaultTable:
+    """Thread-safe set of active faults: at most one per sender key (None = all)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: dict[str | None, Fault] = {}
+        self.fired = 0  # how many times any fault fired since the last reset
+
+    def set(
+        self,
+        mode: str,
+        count: int | None = None,
+        sender: str | None = None,
+        seconds: float | None = None,
+        at: str | None = None,
+    ) -> Fault:
+        fault = _normalise_fault(mode, count, sender, seconds, at)
+        with self._lock:
+            self._faults[fault.sender] = fault
+        return fault
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.fired = 0
+
+    def active(self) -> list[Fault]:
+        with self._lock:
+            return [Fault(**asdict(f)) for f in self._faults.values()]
+
+    def take(self, stage: str, who: str | None) -> Fault | None:
+        """The fault to apply now at ``stage`` for sender/login ``who``, consuming one count."""
+        if not self._faults:  # fast path, no lock: the common case in benchmarks
+            return None
+        key = who.lower() if who else None
+        with self._lock:
+            for k in (key, None) if key is not None else (None,):
+                fault = self._faults.get(k)
+                if fault is None or fault.stage != stage:
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        del self._faults[k]
+                self.fired += 1
+                return fault
+        return None
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def scan_headers(raw: bytes) -> dict[str, str]:
+    """Quick scan of the header block for Message-ID, X-Warmup-Id and Subject.
+
+    No MIME decoding (an encoded Subject stays encoded); folded lines are unfolded.
+    Only the first occurrence of each header counts.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    head = raw if end < 0 else raw[:end]
+    wanted = {b"message-id": "message_id", b"x-warmup-id": "x_warmup_id", b"subject": "subject"}
+    out: dict[str, str] = {}
+    current: str | None = None
+    for line in head.splitlines():
+        if line[:1] in (b" ", b"\t"):  # continuation of a folded header
+            if current is not None:
+                out[current] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        name, sep, value = line.partition(b":")
+        field = wanted.get(name.strip().lower()) if sep else None
+        if field is not None and field not in out:
+            out[field] = value.strip().decode("utf-8", "replace")
+            current = field
+        else:
+            current = None
+        if len(out) == 3 and current is None:
+            break
+    return out
+
+
+def _parse_headers_full(raw: bytes) -> dict[str, str]:
+    msg = BytesHeaderParser(policy=default_policy).parsebytes(raw)
+    out: dict[str, str] = {}
+    for field, header in (
+        ("message_id", "Message-ID"),
+        ("x_warmup_id", "X-Warmup-Id"),
+        ("subject", "Subject"),
+    ):
+        value = msg.get(header)
+        if value is not None:
+            out[field] = str(value).strip()
+    return out
+
+
+class Recorder:
+    """Keeps accepted messages (optionally) in memory and (optionally) in a JSONL file."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, keep: bool = True) -> None:
+        self._cond = threading.Condition()
+        self._records: list[dict[str, Any]] = []
+        self._keep = keep
+        self.count = 0
+        self._file: TextIO | None = None
+        if path is not None:
+            self._file = open(path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            # One line per message, flushed at once so a reader never waits for a buffer.
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._file.flush()
+        with self._cond:
+            self.count += 1
+            if self._keep:
+                self._records.append(record)
+            self._cond.notify_all()
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self._records)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._records.clear()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Block until at least ``count`` messages are kept; return them (TimeoutError if not)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._records) >= count, timeout):
+                raise TimeoutError(
+                    f"expected {count} messages within {timeout}s, got {len(self._records)}"
+                )
+            return list(self._records)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --------------------------------------------------------------------------- handler
+
+
+class RigHandler:
+    """aiosmtpd handler: envelope checks, fault injection, recording.
+
+    Subclasses may override ``check_rcpt`` (return an error reply or None) and
+    ``deliver`` (return an error reply or None once the message is stored).
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        faults: FaultTable | None = None,
+        recorder: Recorder | None = None,
+        fast: bool = False,
+    ) -> None:
+        self.users = {k.lower(): v for k, v in (users or {}).items()}
+        self.faults = faults if faults is not None else FaultTable()
+        self.recorder = recorder if recorder is not None else Recorder()
+        self.fast = fast
+
+    # -- AUTH (aiosmtpd "authenticator" callable, synchronous) -------------------------
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        # handled=False + no message => aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
+        # A 535 fault counts once per session: clients such as aiosmtplib retry
+        # with the next mechanism (PLAIN, then LOGIN), which must fail as well.
+        if getattr(session, "rig_auth_faulted", False) or self.faults.take("auth", login):
+            session.rig_auth_faulted = True  # type: ignore[attr-defined]
+            return AuthResult(success=False, handled=False)
+        if self.users:  # no table => any credentials are fine
+            expected = self.users.get(login.lower())
+            if expected is None or auth_data.password.decode("utf-8", "replace") != expected:
+                return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=auth_data)
+
+    # -- faults ---------------------------------------------------------------------
+
+    async def _apply(self, server: SMTP, fault: Fault) -> str | None:
+        """Apply a fault; returns the reply to send, or None to carry on normally."""
+        if fault.mode == "stall":
+            # Say nothing for a while. If the client gives up and disconnects,
+            # aiosmtpd cancels this coroutine: nothing more happens.
+            await asyncio.sleep(fault.seconds)
+            return None
+        if fault.mode == "451":
+            return "451 4.3.0 Temporary failure, try again later (rig fault)"
+        if fault.mode == "550":
+            return "550 5.7.1 Message rejected (rig fault)"
+        if fault.mode == "421":
+            # A 421 ends the session: reply ourselves, then close.
+            await server.push("421 4.3.2 Service shutting down, closing channel (rig fault)")
+        # "421" and "drop": close the transport (a plain FIN, no reply for "drop"),
+        # then wait to be cancelled: connection_lost() cancels the handler task, so
+        # aiosmtpd never tries to push a reply on the closed connection.
+        if server.transport is not None:
+            server.transport.close()
+        await asyncio.sleep(3600)
+        return None  # pragma: no cover
+
+    # -- SMTP hooks -----------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        # Timestamp first: benchmarks measure send lateness from this moment.
+        envelope.mail_from_at = time.time()  # type: ignore[attr-defined]
+        fault = self.faults.take("mail", address)
+        if fault is not None:
+            reply = await self._apply(server, fault)
+            if reply is not None:
+                return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        fault = self.faults.take("rcpt", envelope.mail_from)
+        if fault is not None:
+            reply = await self._apply(server, fault)
+            if reply is not None:
+                return reply
+        error = self.check_rcpt(address)
+        if error is not None:
+            return error
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data_at = time.time()
+        raw = envelope.original_content or b""
+        fault = self.faults.take("data", envelope.mail_from)
+        if fault is not None and fault.mode != "stall":
+            reply = await self._apply(server, fault)
+            assert reply is not None
+            return reply
+        error = await self.deliver(envelope, raw)
+        if error is not None:
+            return error
+        self._record(session, envelope, raw, data_at)
+        if fault is not None:  # stall after DATA: stored, but the answer comes late
+            await self._apply(server, fault)
+        return "250 2.0.0 OK: queued"
+
+    # -- extension points -------------------------------------------------------------
+
+    def check_rcpt(self, address: str) -> str | None:
+        return None
+
+    async def deliver(self, envelope: Envelope, raw: bytes) -> str | None:
+        return None
+
+    def _record(self, session: Session, envelope: Envelope, raw: bytes, data_at: float) -> None:
+        headers = scan_headers(raw) if self.fast else _parse_headers_full(raw)
+        auth = session.auth_data
+        login = auth.login if isinstance(auth, LoginPassword) else None
+        self.recorder.add(
+            {
+                "mail_from_at": getattr(envelope, "mail_from_at", data_at),
+                "data_at": data_at,
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "message_id": headers.get("message_id"),
+                "x_warmup_id": headers.get("x_warmup_id"),
+                "subject": headers.get("subject"),
+                "auth_login": login.decode("utf-8", "replace")
+                if isinstance(login, bytes)
+                else None,
+                "raw": raw.decode("utf-8", "replace"),
+            }
+        )
+
+
+def make_smtp_factory(handler: RigHandler, *, timeout: float = 300.0) -> Any:
+    """A protocol factory for ``loop.create_server``: AUTH PLAIN/LOGIN without TLS."""
+    auth_required = bool(handler.users)
+
+    def factory() -> SMTP:
+        smtp = SMTP(
+            handler,
+            hostname=RIG_HOSTNAME,
+            ident="warmupd-test-rig",
+            decode_data=False,
+            authenticator=handler.authenticate,
+            auth_required=False,
+            auth_require_tls=False,  # loopback only
+            timeout=timeout,
+        )
+        # aiosmtpd warns (warnings.warn + log) on *every connection* built with
+        # auth_required=True and auth_require_tls=False; a warnings filter does
+        # not survive pytest's per-test catch_warnings. Set the flag afterwards.
+        smtp._auth_required = auth_required
+        return smtp
+
+    return factory
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+class ServerThread:
+    """Runs ``loop.create_server(factory, host, port)`` on a private loop in a daemon thread.
+
+    Unlike aiosmtpd's Controller this supports port 0 (the bound port is read back).
+    """
+
+    def __init__(self, factory: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._factory = factory
+        self.host = host
+        self.port = port
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self._thread is None, "already running"
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                server = loop.run_until_complete(
+                    loop.create_server(self._factory, self.host, self.port, reuse_address=True)
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed back to start()
+                errors.append(exc)
+                ready.set()
+                loop.close()
+                return
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                server.close()
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(server.wait_closed())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"rig-smtp-{id(self):x}", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError("SMTP server thread did not start")
+        if errors:
+            self._thread.join()
+            self._thread = None
+            raise errors[0]
+
+    def stop(self) -> None:
+        if self._thread is None or self.loop is None:
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+
+class SMTPServer:
+    """In-process SMTP server for tests.
+
+    >>> srv = SMTPServer(users={"alice@warmup.test": "alice-pw"}).start()
+    >>> srv.set_fault("451", count=2); ...; srv.wait_for(1); srv.stop()
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_path: str | os.PathLike[str] | None = None,
+        fast: bool = False,
+        handler: RigHandler | None = None,
+    ) -> None:
+        self.recorder = Recorder(record_path)
+        self.faults = FaultTable()
+        if handler is None:
+            handler = RigHandler(users, self.faults, self.recorder, fast=fast)
+        else:
+            handler.faults, handler.recorder = self.faults, self.recorder
+        self.handler = handler
+        self.users = dict(handler.users)
+        self._thread = ServerThread(make_smtp_factory(handler), host, port)
+
+    @property
+    def host(self) -> str:
+        return self._thread.host
+
+    @property
+    def port(self) -> int:
+        return self._thread.port
+
+    def start(self) -> SMTPServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._thread.stop()
+        self.recorder.close()
+
+    def __enter__(self) -> SMTPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # recording
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.recorder.messages
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        return self.recorder.wait_for(count, timeout)
+
+    def clear(self) -> None:
+        self.recorder.clear()
+
+    # faults
+    def set_fault(
+        self,
+        mode: str,
+        count: int | None = None,
+        sender: str | None = None,
+        seconds: float | None = None,
+        at: str | None = None,
+    ) -> Fault:
+        return self.faults.set(mode, count=count, sender=sender, seconds=seconds, at=at)
+
+    def reset(self) -> None:
+        """Clear all faults (recorded messages are kept; see clear())."""
+        self.faults.reset()
+
+    @property
+    def faults_fired(self) -> int:
+        return self.faults.fired
+
+
+# --------------------------------------------------------------------------- control port
+
+
+def control(
+    port: int, command: Mapping[str, Any], host: str = "127.0.0.1", timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one JSON command line to a subprocess server's control port; return its reply."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(json.dumps(dict(command)).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            line = f.readline()
+    if not line:
+        raise ConnectionError("control port closed without a reply")
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok"):
+        raise RuntimeError(f"control command {dict(command)!r} failed: {reply.get('error')}")
+    return reply
+
+
+def remote_set_fault(
+    port: int,
+    mode: str,
+    count: int | None = None,
+    sender: str | None = None,
+    seconds: float | None = None,
+    at: str | None = None,
+) -> dict[str, Any]:
+    cmd: dict[str, Any] = {"fault": mode, "count": count, "sender": sender, "seconds": seconds}
+    if at is not None:
+        cmd["at"] = at
+    return control(port, cmd)
+
+
+def remote_reset(port: int) -> dict[str, Any]:
+    return control(port, {"reset": True})
+
+
+def remote_stats(port: int) -> dict[str, Any]:
+    """``{"ok": true, "accepted": N, "faults_fired": N, "faults": [...]}``"""
+    return control(port, {"stats": True})
+
+
+async def _serve_control(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: RigHandler
+) -> None:
+    try:
+        while line := await reader.readline():
+            try:
+                cmd = json.loads(line)
+                if "fault" in cmd:
+                    handler.faults.set(
+                        cmd["fault"],
+                        count=cmd.get("count"),
+                        sender=cmd.get("sender"),
+                        seconds=cmd.get("seconds"),
+                        at=cmd.get("at"),
+                    )
+                    reply: dict[str, Any] = {"ok": True}
+                elif cmd.get("reset"):
+                    handler.faults.reset()
+                    reply = {"ok": True}
+                elif cmd.get("stats") or cmd.get("ping"):
+                    reply = {
+                        "ok": True,
+                        "accepted": handler.recorder.count,
+                        "faults_fired": handler.faults.fired,
+                        "faults": [asdict(f) for f in handler.faults.active()],
+                    }
+                else:
+                    reply = {"ok": False, "error": f"unknown command {cmd!r}"}
+            except (ValueError, TypeError, KeyError) as exc:
+                reply = {"ok": False, "error": str(exc)}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+def parse_users(spec: str | None) -> dict[str, str]:
+    """``"alice@x:pw,bob@x:pw2"`` -> dict (the password may contain ':', not ',')."""
+    users: dict[str, str] = {}
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        if not sep:
+            raise ValueError(f"bad user spec {item!r}: expected user:password")
+        users[user] = password
+    return users
+
+
+async def _amain(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    recorder = Recorder(args.record, keep=False)  # the file is the record here
+    handler = RigHandler(parse_users(args.users), FaultTable(), recorder, fast=args.fast)
+    smtp = await loop.create_server(
+        make_smtp_factory(handler), args.host, args.port, reuse_address=True
+    )
+    ctl = None
+    ctl_port = 0
+    if args.control_port is not None:
+        ctl = await asyncio.start_server(
+            lambda r, w: _serve_control(r, w, handler), "127.0.0.1", args.control_port
+        )
+        ctl_port = ctl.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = smtp.sockets[0].getsockname()[1]
+    # The one line SMTPServerProcess waits for (ports are useful when 0 was asked).
+    print(f"READY smtp_port={port} control_port={ctl_port}", flush=True)
+    await stop.wait()
+    smtp.close()
+    if ctl is not None:
+        ctl.close()
+    recorder.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tests.rig.smtp_server", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--port", type=int, default=0, help="0 picks a free port (printed in READY line)"
+    )
+    p.add_argument("--users", default="", help="user:password,... (empty: no AUTH required)")
+    p.add_argument("--record", default=None, help="append one JSON line per accepted message")
+    p.add_argument("--control-port", type=int, default=None, help="JSON control port (0: pick)")
+    p.add_argument("--fast", action="store_true", help="quick header scan instead of email parser")
+    args = p.parse_args(argv)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    asyncio.run(_amain(args))
+    return 0
+
+
+class SMTPServerProcess:
+    """Spawns ``python -m tests.rig.smtp_server`` and drives it over its control port.
+
+    >>> with SMTPServerProcess(users={...}, record=tmp / "rec.jsonl") as srv:
+    ...     srv.port, srv.control_port; srv.set_fault("451", count=2); srv.records()
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        *,
+        record: str | os.PathLike[str] | None = None,
+        fast: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        control_port: int = 0,
+        python: str = sys.executable,
+    ) -> None:
+        self.users = dict(users or {})
+        self.record = Path(record) if record is not None else None
+        self.fast = fast
+        self.host = host
+        self.port = port
+        self.control_port = control_port
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> SMTPServerProcess:
+        cmd = [
+            self.python, "-m", "tests.rig.smtp_server",
+            "--host", self.host, "--port", str(self.port),
+            "--control-port", str(self.control_port),
+        ]  # fmt: skip
+        if self.users:
+            cmd += ["--users", ",".join(f"{u}:{p}" for u, p in self.users.items())]
+        if self.record is not None:
+            cmd += ["--record", str(self.record)]
+        if self.fast:
+            cmd.append("--fast")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+        assert self.proc.stdout is not None
+        line = _readline_with_timeout(self.proc.stdout, timeout)
+        if not line.startswith(b"READY"):
+            self.stop()
+            raise RuntimeError(f"smtp_server subprocess did not start (got {line!r})")
+        fields = dict(kv.split("=") for kv in line.decode().split()[1:])
+        self.port = int(fields["smtp_port"])
+        self.control_port = int(fields["control_port"])
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> SMTPServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def set_fault(
+        self,
+        mode: str,
+        count: int | None = None,
+        sender: str | None = None,
+        seconds: float | None = None,
+        at: str | None = None,
+    ) -> dict[str, Any]:
+        return remote_set_fault(self.control_port, mode, count, sender, seconds, at)
+
+    def reset(self) -> dict[str, Any]:
+        return remote_reset(self.control_port)
+
+    def stats(self) -> dict[str, Any]:
+        return remote_stats(self.control_port)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Parse the record file (complete lines only)."""
+        if self.record is None or not self.record.exists():
+            return []
+        return list(_iter_jsonl(self.record))
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n"):
+                yield json.loads(line)
+
+
+def _readline_with_timeout(stream: IO[bytes], timeout: float) -> bytes:
+    result: list[bytes] = []
+    t = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else b""
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

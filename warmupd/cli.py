@@ -1,0 +1,196 @@
+"""Argument parsing for `warmupd` (the daemon and its offline tools); nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from . import __version__
+from .calendar import (
+    iso_local,
+    iso_utc,
+    local_date,
+    next_sending_day,
+    projected_warmup_day,
+    why_not_sending,
+)
+from .config import EX_CONFIG, Account, Config, ConfigError, load_config
+from .planner import Pool, day_target, new_send_target, plan_day, plan_stats
+
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        where = f"{e.path}: " if e.path else ""
+        print(f"warmupd: {where}invalid config, {len(e.problems)} problem(s):", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+async def _stored_warmup_day(cfg: Config, account: Account, day: date) -> int | None:
+    """The warmup day from an existing database, read-only; None without one."""
+    from .store import SCHEMA_VERSION, StoreError, check_file
+
+    db = cfg.daemon.database
+    try:
+        if check_file(db) != SCHEMA_VERSION:
+            return None
+    except StoreError:
+        return None
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT warmup_day, advanced_through FROM accounts WHERE email=?",
+                          (account.email,)).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return None
+    wday, through = row
+    # Days after advanced_through are projected as uninterrupted operation.
+    d = date.fromisoformat(through) + timedelta(days=1)
+    from .calendar import is_sending_day
+
+    while d < day:
+        if is_sending_day(account.schedule, d):
+            wday += 1
+        d += timedelta(days=1)
+    return int(wday)
+
+
+def warmup_day_for(cfg: Config, account: Account, day: date) -> int:
+    stored = asyncio.run(_stored_warmup_day(cfg, account, day))
+    if stored is not None:
+        return stored if why_not_sending(account, day) is None else 0
+    return projected_warmup_day(account, day)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    now = time.time()
+    by_tz: dict[str, list[Account]] = {}
+    for a in cfg.accounts:
+        by_tz.setdefault(a.timezone, []).append(a)
+    print(f"{cfg.path}: OK, {len(cfg.accounts)} account(s) in {len(by_tz)} timezone(s)")
+    print(f"state: {cfg.daemon.database}   socket: {cfg.daemon.socket}")
+    for tz, accs in sorted(by_tz.items()):
+        print(f"  {tz}: {len(accs)}")
+    print()
+    print(f"{'account':<34} {'tz':<22} {'today':>5} {'tmrw':>5}  next sending day")
+    for a in cfg.accounts:
+        today = local_date(a.timezone, now)
+        tmrw = today + timedelta(days=1)
+        t0 = day_target(a, warmup_day_for(cfg, a, today)) if why_not_sending(a, today) is None else 0
+        t1 = day_target(a, warmup_day_for(cfg, a, tmrw)) if why_not_sending(a, tmrw) is None else 0
+        nxt = next_sending_day(a, today)
+        print(f"{a.email:<34} {a.timezone:<22} {t0:>5} {t1:>5}  {nxt.isoformat() if nxt else 'none'}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    account = cfg.account(args.account)
+    if account is None:
+        known = ", ".join(a.email for a in cfg.accounts)
+        print(f"warmupd: no account {args.account!r} in {cfg.path}; known: {known}", file=sys.stderr)
+        return EX_USAGE
+    if args.date:
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError:
+            print(f"warmupd: --date must be YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
+            return EX_USAGE
+    else:
+        day = local_date(account.timezone, time.time())
+    rng = random.Random(args.seed) if args.seed is not None else random.Random()
+    reason = why_not_sending(account, day)
+    wday = warmup_day_for(cfg, account, day)
+    pool = Pool([a.email for a in cfg.accounts])
+    sends = plan_day(account, day, wday, rng, pool) if reason is None else []
+    if args.json:
+        if reason:
+            print(f"warmupd: nothing planned on {day}: {reason}", file=sys.stderr)
+        out = [{"at": iso_local(account.timezone, s.at), "at_utc": iso_utc(s.at), "period": s.period,
+                "recipient": s.recipient, "message_id": s.message_id} for s in sends]
+        print(json.dumps(out, indent=2))
+        return 0
+    if reason:
+        print(f"{account.email} on {day.isoformat()}: nothing planned ({reason})")
+        return 0
+    target = day_target(account, wday)
+    new = new_send_target(account, target)
+    extra = f" ({new} new, {target - new} left for replies)" if new != target else ""
+    print(f"{account.email} on {day.isoformat()} ({account.timezone}), warmup day {wday}, "
+          f"target {target}{extra}")
+    print(f"{'#':>3}  {'local time':<23} {'UTC':<24} {'period':<8} recipient")
+    for i, s in enumerate(sends, 1):
+        local = datetime.fromisoformat(iso_local(account.timezone, s.at))
+        print(f"{i:>3}  {local.strftime('%H:%M:%S.%f')[:-3]} {local.strftime('%z'):<10} "
+              f"{iso_utc(s.at):<24} {s.period:<8} {s.recipient}")
+    st = plan_stats(sends)
+    per = ", ".join(f"{k} {v}" for k, v in st["per_period"].items())  # type: ignore[attr-defined]
+    if sends:
+        first = iso_local(account.timezone, st["first"])[11:23]  # type: ignore[arg-type]
+        last = iso_local(account.timezone, st["last"])[11:23]  # type: ignore[arg-type]
+        gaps = ""
+        if st["min_gap"] is not None:
+            gaps = (f", smallest gap {st['min_gap'] / 60:.1f} min, "
+                    f"median gap {st['median_gap'] / 60:.1f} min")  # type: ignore[operator]
+        print(f"stats: {st['count']} sends ({per}), first {first}, last {last}{gaps}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import main as daemon_main
+
+    return daemon_main(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="warmupd", description="Self-hosted email warmup daemon.")
+    p.add_argument("--version", action="version", version=f"warmupd {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", default="config.toml", help="path of config.toml")
+    run.set_defaults(func=cmd_run)
+    chk = sub.add_parser("check", help="validate a config file and summarise it")
+    chk.add_argument("--config", default="config.toml")
+    chk.set_defaults(func=cmd_check)
+    pre = sub.add_parser("preview", help="print a day's plan for one account without writing anything")
+    pre.add_argument("--config", default="config.toml")
+    pre.add_argument("--account", required=True, help="the account's email")
+    pre.add_argument("--date", help="local date YYYY-MM-DD (default: today in the account's zone)")
+    pre.add_argument("--seed", type=int, help="a seed for a reproducible draw")
+    pre.add_argument("--json", action="store_true", help="print a JSON array")
+    pre.set_defaults(func=cmd_preview)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "Path"]

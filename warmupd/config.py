@@ -1,0 +1,857 @@
+"""TOML -> frozen dataclasses.
+
+Every problem found is collected (not just the first) and names its key path,
+e.g. ``accounts[2].smtp.port: must be 1-65535, got 70000``, so that
+``warmupd check`` and a failed reload can list them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SECURITY = ("none", "starttls", "tls")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EX_CONFIG = 78
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([smhd]))+\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_WINDOW_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+class Secret:
+    """A password that cannot leak by accident: repr/str show ``***``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str], path: Path | None = None) -> None:
+        self.problems = problems
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{len(problems)} problem(s): " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    name: str
+    windows: tuple[tuple[int, int], ...]  # local minute-of-day [start, end)
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    start: int
+    step: int
+    max: int
+
+    def target(self, day: int) -> int:
+        """Sends on warmup day ``day`` (1-based)."""
+        if day < 1:
+            return 0
+        return min(self.max, self.start + self.step * (day - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str
+    port: int
+    security: str
+    username: str
+    password: Secret | None = field(repr=False)
+    timeout: float = 30.0
+    # IMAP only
+    junk_folder: str = ""
+    poll: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    delay_min: float = 180.0
+    delay_max: float = 4 * 3600.0
+    reply_rate: float = 0.3
+    important_rate: float = 0.3
+    max_thread_depth: int = 2
+    archive_folder: str = ""
+    bounce_pause_rate: float = 0.05
+    hold_junk_rate: float = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The settings that shape a day's plan; equal schedules plan alike."""
+
+    timezone: str
+    weekdays: frozenset[int]  # 0 = Monday
+    holidays: str
+    jitter: float
+    micro_jitter: float
+    min_gap: float
+    max_per_hour: int
+    periods: tuple[Period, ...]
+    ramp: Ramp
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def effective_gap(self) -> float:
+        """The spacing the planner keeps between two sends of one account.
+
+        A gap of 3600/max_per_hour guarantees at most max_per_hour sends in
+        any hour (the (n+1)-th would sit exactly one hour after the first).
+        """
+        gap = self.min_gap
+        if self.max_per_hour > 0:
+            gap = max(gap, 3600.0 / self.max_per_hour)
+        return gap
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    email: str
+    start_date: date
+    schedule: Schedule
+    smtp: Server | None
+    imap: Server | None
+    extra_recipients: tuple[str, ...]
+    tag: str
+    max_attempts: int
+    templates: Path | None
+    engagement: Engagement
+
+    @property
+    def timezone(self) -> str:
+        return self.schedule.timezone
+
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    state_dir: Path
+    socket: Path
+    grace: float
+    retention: float
+    log_format: str
+    log_level: str
+    max_concurrent_sends: int
+    shutdown_timeout: float
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "warmupd.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    daemon: DaemonSettings
+    accounts: tuple[Account, ...]
+
+    def account(self, email: str) -> Account | None:
+        for acc in self.accounts:
+            if acc.email == email:
+                return acc
+        return None
+
+    def secrets(self) -> Iterator[str]:
+        for acc in self.accounts:
+            for srv in (acc.smtp, acc.imap):
+                if srv is not None and srv.password is not None:
+                    yield srv.password.reveal()
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def parse_duration(value: Any) -> float:
+    """"30s", "4m", "1h", "7d" or combinations like "1h30m" -> seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f'must be a duration like "30s", "4m", "1h" or "7d", got {value!r}')
+    if isinstance(value, int | float):
+        if value == 0:
+            return 0.0
+        raise ValueError(f'must be a duration string like "30s", "4m", "1h" or "7d", got {value!r}')
+    if not _DURATION_RE.match(value):
+        raise ValueError(f'must be a duration like "30s", "4m", "1h" or "7d", got {value!r}')
+    return float(sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value)))
+
+
+def parse_window(value: Any) -> tuple[int, int]:
+    if not isinstance(value, str):
+        raise ValueError(f'must be a window "HH:MM-HH:MM", got {value!r}')
+    m = _WINDOW_RE.match(value.strip())
+    if not m:
+        raise ValueError(f'must be a window "HH:MM-HH:MM", got {value!r}')
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    for h, mi in ((h1, m1), (h2, m2)):
+        if h > 24 or mi > 59 or (h == 24 and mi != 0):
+            raise ValueError(f"has an impossible time of day in {value!r}")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if end <= start:
+        raise ValueError(f"is inverted or empty: {value!r} ends before it starts")
+    return start, end
+
+
+def fmt_window(w: tuple[int, int]) -> str:
+    return f"{w[0] // 60:02d}:{w[0] % 60:02d}-{w[1] // 60:02d}:{w[1] % 60:02d}"
+
+
+def parse_holiday_region(value: str) -> tuple[str, str | None]:
+    country, _, subdiv = value.partition("-")
+    return country.upper(), (subdiv.upper() or None)
+
+
+def check_holiday_region(value: str) -> None:
+    import holidays
+
+    country, subdiv = parse_holiday_region(value)
+    try:
+        holidays.country_holidays(country, subdiv=subdiv, years=[2026])
+    except NotImplementedError:
+        raise ValueError(
+            f"unknown holidays region {value!r}: use an ISO country code like \"IN\" "
+            f'or a country-subdivision like "US-NY"'
+        ) from None
+
+
+# ---------------------------------------------------------------- the schema
+
+_DAEMON_KEYS = {
+    "state_dir", "grace", "retention", "log_format", "log_level", "socket",
+    "max_concurrent_sends", "shutdown_timeout",
+}
+_DEFAULT_KEYS = {
+    "timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap", "max_per_hour",
+    "extra_recipients", "tag", "periods", "ramp", "engagement", "max_attempts", "templates",
+}
+_ACCOUNT_KEYS = _DEFAULT_KEYS | {"email", "start_date", "smtp", "imap"}
+_SERVER_KEYS = {"host", "port", "security", "username", "password_file", "password_env",
+                "password", "timeout"}
+_IMAP_KEYS = _SERVER_KEYS | {"junk_folder", "poll"}
+_PERIOD_KEYS = {"windows", "weight"}
+_RAMP_KEYS = {"start", "step", "max"}
+_ENGAGEMENT_KEYS = {"delay", "reply_rate", "important_rate", "max_thread_depth",
+                    "archive_folder", "bounce_pause_rate", "hold_junk_rate"}
+_TOP_KEYS = {"daemon", "defaults", "accounts"}
+
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "timezone": "UTC",
+    "weekdays": ["mon", "tue", "wed", "thu", "fri"],
+    "holidays": "",
+    "jitter": "3m",
+    "micro_jitter": "30s",
+    "min_gap": "4m",
+    "max_per_hour": 0,
+    "extra_recipients": [],
+    "tag": "",
+    "max_attempts": 3,
+    "templates": "",
+    "periods": {
+        "peak": {"windows": ["09:00-11:00", "14:00-16:00"], "weight": 0.60},
+        "normal": {"windows": ["11:00-12:00", "16:00-18:00"], "weight": 0.30},
+        "low": {"windows": ["12:00-14:00"], "weight": 0.10},
+    },
+    "ramp": {"start": 2, "step": 2, "max": 40},
+    "engagement": {
+        "delay": "3m-4h", "reply_rate": 0.3, "important_rate": 0.3, "max_thread_depth": 2,
+        "archive_folder": "", "bounce_pause_rate": 0.05, "hold_junk_rate": 0.10,
+    },
+}
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.problems.append(f"{path}: {msg}")
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        for key in table:
+            if key not in allowed:
+                near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+                hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys: {', '.join(sorted(allowed))}"
+                self.add(_join(path, key), f"unknown key{hint}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _table(c: _Collector, raw: Any, path: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        c.add(path, f"must be a table, got {type(raw).__name__}")
+        return {}
+    return raw
+
+
+def _num(c: _Collector, value: Any, path: str, *, lo: float | None = None, hi: float | None = None,
+         integer: bool = False, what: str = "") -> Any:
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        c.add(path, f"must be {'a whole number' if integer else 'a number'}{what}, got {value!r}")
+        return None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if lo is not None and hi is not None:
+            c.add(path, f"must be {lo}-{hi}, got {value}")
+        elif lo is not None:
+            c.add(path, f"must be at least {lo}{what}, got {value}")
+        else:
+            c.add(path, f"must be at most {hi}, got {value}")
+        return None
+    return value
+
+
+def _dur(c: _Collector, value: Any, path: str, *, positive: bool = False) -> float | None:
+    try:
+        d = parse_duration(value)
+    except ValueError as e:
+        c.add(path, str(e))
+        return None
+    if positive and d <= 0:
+        c.add(path, f"must be longer than zero, got {value!r}")
+        return None
+    return d
+
+
+def _str(c: _Collector, value: Any, path: str) -> str | None:
+    if not isinstance(value, str):
+        c.add(path, f"must be a string, got {value!r}")
+        return None
+    return value
+
+
+def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
+                      env: Mapping[str, str]) -> Secret | None:
+    given = [k for k in ("password_file", "password_env", "password") if k in srv]
+    if len(given) > 1:
+        c.add(path, f"give one of password_file, password_env or password, not {' and '.join(given)}")
+        return None
+    if not given:
+        return None
+    key = given[0]
+    val = srv[key]
+    if not isinstance(val, str) or not val:
+        c.add(_join(path, key), "must be a non-empty string")
+        return None
+    if key == "password":
+        return Secret(val)
+    if key == "password_env":
+        if val not in env:
+            c.add(_join(path, key), f"environment variable {val} is not set: export it before starting warmupd")
+            return None
+        return Secret(env[val])
+    candidates: list[Path] = []
+    p = Path(val)
+    if p.is_absolute():
+        candidates.append(p)
+    else:
+        creds = env.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            # systemd's LoadCredential= puts each credential here by its name.
+            candidates.append(Path(creds) / val)
+            candidates.append(Path(creds) / p.name)
+            # LoadCredential=NAME:/a/folder names each file NAME_<file> (systemd 252).
+            candidates.extend(sorted(Path(creds).glob(f"*_{p.name}")))
+        candidates.append(base / p)
+    for cand in candidates:
+        try:
+            text = cand.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            c.add(_join(path, key), f"cannot read password file {cand}: {e.strerror}; check its permissions")
+            return None
+        secret = text.rstrip("\r\n")
+        if not secret:
+            c.add(_join(path, key), f"password file {cand} is empty")
+            return None
+        return Secret(secret)
+    tried = ", ".join(str(x) for x in dict.fromkeys(candidates))
+    c.add(_join(path, key), f"password file not found (tried {tried}): create it or fix the path")
+    return None
+
+
+def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, str], *,
+            imap: bool, email: str) -> Server | None:
+    srv = _table(c, raw, path)
+    if not srv:
+        return None
+    c.unknown_keys(srv, _IMAP_KEYS if imap else _SERVER_KEYS, path)
+    host = srv.get("host")
+    if not isinstance(host, str) or not host:
+        c.add(_join(path, "host"), "is required: the server's host name or address")
+        host = None
+    security = srv.get("security", "tls" if imap else "starttls")
+    if security not in SECURITY:
+        c.add(_join(path, "security"), f"must be one of none, starttls, tls, got {security!r}")
+        security = None
+    default_port = {"none": 143 if imap else 25, "starttls": 143 if imap else 587,
+                    "tls": 993 if imap else 465}.get(security or "", 0)
+    port = _num(c, srv.get("port", default_port), _join(path, "port"), lo=1, hi=65535, integer=True)
+    username = srv.get("username", email)
+    if not isinstance(username, str) or not username:
+        c.add(_join(path, "username"), "must be a non-empty string")
+        username = None
+    password = _resolve_password(c, srv, path, base, env)
+    timeout = _dur(c, srv.get("timeout", "30s"), _join(path, "timeout"), positive=True)
+    junk = srv.get("junk_folder", "")
+    if not isinstance(junk, str):
+        c.add(_join(path, "junk_folder"), "must be a folder name string")
+        junk = ""
+    poll = _dur(c, srv.get("poll", "5m"), _join(path, "poll"), positive=True) if imap else 300.0
+    if None in (host, security, port, username, timeout, poll):
+        return None
+    return Server(host=host, port=port, security=security, username=username,  # type: ignore[arg-type]
+                  password=password, timeout=timeout, junk_folder=junk, poll=poll)  # type: ignore[arg-type]
+
+
+def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:
+    table = _table(c, raw, path)
+    if not table:
+        c.add(path, "at least one period with windows and a weight is required")
+        return None
+    periods: list[Period] = []
+    ok = True
+    for name, spec in table.items():
+        ppath = _join(path, name)
+        spec = _table(c, spec, ppath)
+        c.unknown_keys(spec, _PERIOD_KEYS, ppath)
+        windows = spec.get("windows")
+        if not isinstance(windows, list) or not windows:
+            c.add(_join(ppath, "windows"), 'must be a non-empty list like ["09:00-11:00"]')
+            ok = False
+            continue
+        parsed: list[tuple[int, int]] = []
+        for i, w in enumerate(windows):
+            try:
+                parsed.append(parse_window(w))
+            except ValueError as e:
+                c.add(f"{ppath}.windows[{i}]", str(e))
+                ok = False
+        weight = _num(c, spec.get("weight"), _join(ppath, "weight"), lo=0, hi=1)
+        if weight is None:
+            ok = False
+            continue
+        periods.append(Period(name=name, windows=tuple(sorted(parsed)), weight=float(weight)))
+    if not ok:
+        return None
+    # No two windows (of one period or of two) may overlap: a minute belongs to one period.
+    spans = sorted((w, p.name) for p in periods for w in p.windows)
+    for (a, pa), (b, pb) in zip(spans, spans[1:], strict=False):
+        if b[0] < a[1]:
+            c.add(path, f"window {fmt_window(b)} of {pb} overlaps window {fmt_window(a)} of {pa}")
+            ok = False
+    total = sum(p.weight for p in periods)
+    if abs(total - 1.0) > 1e-6:
+        c.add(path, f"weights must sum to 1, got {round(total, 6)}")
+        ok = False
+    return tuple(periods) if ok else None
+
+
+def _ramp(c: _Collector, raw: dict[str, Any], path: str) -> Ramp | None:
+    c.unknown_keys(raw, _RAMP_KEYS, path)
+    vals = {}
+    for k in ("start", "step", "max"):
+        v = _num(c, raw.get(k), _join(path, k), lo=1, integer=True, what=" (zero or negative ramp values plan nothing)")
+        vals[k] = v
+    if None in vals.values():
+        return None
+    return Ramp(**vals)
+
+
+def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | None:
+    c.unknown_keys(raw, _ENGAGEMENT_KEYS, path)
+    ok = True
+    delay = raw.get("delay")
+    dmin = dmax = None
+    if isinstance(delay, str) and "-" in delay:
+        lo, _, hi = delay.partition("-")
+        try:
+            dmin, dmax = parse_duration(lo), parse_duration(hi)
+        except ValueError:
+            pass
+    if dmin is None or dmax is None or dmin <= 0 or dmax < dmin:
+        c.add(_join(path, "delay"), f'must be a range of durations like "3m-4h", got {delay!r}')
+        ok = False
+    rates = {}
+    for k in ("reply_rate", "important_rate", "bounce_pause_rate", "hold_junk_rate"):
+        rates[k] = _num(c, raw.get(k), _join(path, k), lo=0, hi=1)
+        ok = ok and rates[k] is not None
+    depth = _num(c, raw.get("max_thread_depth"), _join(path, "max_thread_depth"), lo=1, integer=True)
+    archive = _str(c, raw.get("archive_folder", ""), _join(path, "archive_folder"))
+    if not ok or depth is None or archive is None:
+        return None
+    return Engagement(delay_min=dmin, delay_max=dmax, max_thread_depth=depth,  # type: ignore[arg-type]
+                      archive_folder=archive, **{k: float(v) for k, v in rates.items()})
+
+
+def period_capacity(windows_minutes: list[tuple[float, float]], gap: float) -> int:
+    """How many sends at least ``gap`` seconds apart fit in these [start, end) spans (seconds)."""
+    if gap <= 0:
+        return 1 << 30
+    total = 0
+    for s, e in windows_minutes:
+        length = e - s
+        if length > 0:
+            total += int(length // gap) + 1
+    return total
+
+
+def split_by_weight(total: int, weights: list[float]) -> list[int]:
+    """Largest-remainder split of ``total`` by ``weights`` (which need not sum to 1)."""
+    wsum = sum(weights)
+    if total <= 0 or wsum <= 0:
+        return [0] * len(weights)
+    quotas = [total * w / wsum for w in weights]
+    counts = [int(q) for q in quotas]
+    short = total - sum(counts)
+    order = sorted(range(len(weights)), key=lambda i: (quotas[i] - counts[i], weights[i]), reverse=True)
+    for i in order[:short]:
+        counts[i] += 1
+    return counts
+
+
+def layout_spans(periods: tuple[Period, ...], gap: float) -> dict[str, list[tuple[float, float]]]:
+    """Each period's windows in seconds of the local day, shrunk where another period's
+    window comes within ``gap``: each side gives up half, so that two sends of
+    different periods can never be closer than ``gap``. The planner and the
+    feasibility check share this so that what `check` accepts, the planner can place."""
+    spans = sorted((w[0] * 60.0, w[1] * 60.0, p.name) for p in periods for w in p.windows)
+    out: dict[str, list[tuple[float, float]]] = {p.name: [] for p in periods}
+    for i, (s, e, name) in enumerate(spans):
+        if i > 0:
+            ps, pe, pname = spans[i - 1]
+            if pname != name and s - pe < gap:
+                s += (gap - (s - pe)) / 2
+        if i + 1 < len(spans):
+            ns, ne, nname = spans[i + 1]
+            if nname != name and ns - e < gap:
+                e -= (gap - (ns - e)) / 2
+        if e > s:
+            out[name].append((s, e))
+    return out
+
+
+def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str, str]) -> Schedule | None:
+    def p(key: str) -> str:
+        return origin.get(key, path) + "." + key if origin.get(key) else _join(path, key)
+
+    tzname = merged.get("timezone")
+    tz_ok = False
+    if not isinstance(tzname, str):
+        c.add(p("timezone"), f"must be an IANA zone name like \"Europe/London\", got {tzname!r}")
+    else:
+        try:
+            ZoneInfo(tzname)
+            tz_ok = True
+        except (ZoneInfoNotFoundError, ValueError):
+            near = difflib.get_close_matches(tzname, _zone_names(), n=1, cutoff=0.6)
+            hint = f'; did you mean "{near[0]}"?' if near else ""
+            c.add(p("timezone"), f"unknown timezone {tzname!r}{hint}")
+    wd = merged.get("weekdays")
+    weekdays: set[int] = set()
+    if not isinstance(wd, list) or not wd:
+        c.add(p("weekdays"), 'must be a non-empty list like ["mon", "tue"]')
+    else:
+        for i, name in enumerate(wd):
+            if isinstance(name, str) and name.lower()[:3] in WEEKDAYS and len(name) >= 3:
+                weekdays.add(WEEKDAYS.index(name.lower()[:3]))
+            else:
+                c.add(f"{p('weekdays')}[{i}]", f"must be one of {', '.join(WEEKDAYS)}, got {name!r}")
+    hol = merged.get("holidays", "")
+    if not isinstance(hol, str):
+        c.add(p("holidays"), 'must be a region string like "IN" or "US-NY", or ""')
+        hol = ""
+    elif hol:
+        try:
+            check_holiday_region(hol)
+        except ValueError as e:
+            c.add(p("holidays"), str(e))
+    jitter = _dur(c, merged.get("jitter"), p("jitter"))
+    micro = _dur(c, merged.get("micro_jitter"), p("micro_jitter"))
+    gap = _dur(c, merged.get("min_gap"), p("min_gap"))
+    mph = _num(c, merged.get("max_per_hour"), p("max_per_hour"), lo=0, integer=True)
+    periods = _periods(c, merged.get("periods"), p("periods"))
+    ramp = _ramp(c, _table(c, merged.get("ramp"), p("ramp")), p("ramp"))
+    if None in (jitter, micro, gap, mph, periods, ramp) or not tz_ok or not weekdays:
+        return None
+    sched = Schedule(timezone=tzname, weekdays=frozenset(weekdays), holidays=hol,  # type: ignore[arg-type]
+                     jitter=jitter, micro_jitter=micro, min_gap=gap, max_per_hour=mph,  # type: ignore[arg-type]
+                     periods=periods, ramp=ramp)  # type: ignore[arg-type]
+    # Feasibility: each period's share of the ramp's max must fit in its windows.
+    g = sched.effective_gap
+    spans = layout_spans(sched.periods, g)
+    shares = split_by_weight(sched.ramp.max, [pp.weight for pp in sched.periods])
+    fits = True
+    for per, share in zip(sched.periods, shares, strict=True):
+        cap = period_capacity(spans[per.name], g)
+        if share > cap:
+            fits = False
+            c.add(p("periods") + f".{per.name}",
+                  f"cannot fit its share of ramp.max ({share} sends) with min_gap {merged.get('min_gap')}"
+                  + (f" and max_per_hour {mph}" if mph else "")
+                  + f": at most {cap} fit in its windows; widen the windows, lower ramp.max or min_gap")
+    return sched if fits else None
+
+
+_ZONES: list[str] | None = None
+
+
+def _zone_names() -> list[str]:
+    global _ZONES
+    if _ZONES is None:
+        import zoneinfo
+
+        _ZONES = sorted(zoneinfo.available_timezones())
+    return _ZONES
+
+
+def _merge(defaults: dict[str, Any], acc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Account keys win over [defaults]; ramp and engagement merge key by key,
+    periods are replaced as a whole (their weights must sum to 1 together)."""
+    merged = dict(defaults)
+    origin = {k: "defaults" for k in defaults}
+    for k, v in acc.items():
+        if k in ("ramp", "engagement") and isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+        origin[k] = ""
+    return merged, origin
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    path = Path(path).absolute()
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found; pass --config with the path of your config.toml"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already carries "(at line L, column C)".
+        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
+    return build_config(data, path, env)
+
+
+def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
+    c = _Collector()
+    base = path.parent
+    c.unknown_keys(data, _TOP_KEYS, "")
+
+    d = _table(c, data.get("daemon"), "daemon")
+    c.unknown_keys(d, _DAEMON_KEYS, "daemon")
+    state_dir_raw = d.get("state_dir", "var")
+    state_dir = base
+    if _str(c, state_dir_raw, "daemon.state_dir") is not None:
+        state_dir = (base / state_dir_raw).resolve()
+    sock_raw = d.get("socket")
+    socket_path = state_dir / "warmupd.sock"
+    if sock_raw is not None and _str(c, sock_raw, "daemon.socket") is not None:
+        socket_path = (base / sock_raw).resolve()
+    # Under systemd, StateDirectory=/RuntimeDirectory= win over the file's paths.
+    if env.get("STATE_DIRECTORY"):
+        state_dir = Path(env["STATE_DIRECTORY"].split(":")[0])
+        if sock_raw is None:
+            socket_path = state_dir / "warmupd.sock"
+    if env.get("RUNTIME_DIRECTORY"):
+        socket_path = Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "warmupd.sock"
+    grace = _dur(c, d.get("grace", "5m"), "daemon.grace", positive=True)
+    retention = _dur(c, d.get("retention", "7d"), "daemon.retention", positive=True)
+    log_format = d.get("log_format", "auto")
+    if log_format not in LOG_FORMATS:
+        c.add("daemon.log_format", f"must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    log_level = d.get("log_level", "info")
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        c.add("daemon.log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        log_level = "info"
+    mcs = _num(c, d.get("max_concurrent_sends", 50), "daemon.max_concurrent_sends", lo=1, integer=True)
+    stop_to = _dur(c, d.get("shutdown_timeout", "30s"), "daemon.shutdown_timeout", positive=True)
+
+    defaults_raw = _table(c, data.get("defaults"), "defaults")
+    c.unknown_keys(defaults_raw, _DEFAULT_KEYS, "defaults")
+    defaults: dict[str, Any] = dict(BUILTIN_DEFAULTS)
+    for k, v in defaults_raw.items():
+        if k in ("ramp", "engagement") and isinstance(v, dict):
+            defaults[k] = {**BUILTIN_DEFAULTS[k], **v}
+        else:
+            defaults[k] = v
+
+    accounts_raw = data.get("accounts", [])
+    if not isinstance(accounts_raw, list):
+        c.add("accounts", "must be an array of tables: write each account as [[accounts]]")
+        accounts_raw = []
+    if not accounts_raw:
+        c.add("accounts", "no accounts configured: add at least two [[accounts]] entries")
+
+    emails: dict[str, int] = {}
+    accounts: list[Account] = []
+    schedule_cache: dict[str, Schedule | None] = {}
+    for i, acc_raw in enumerate(accounts_raw):
+        path_i = f"accounts[{i}]"
+        if not isinstance(acc_raw, dict):
+            c.add(path_i, "must be a table")
+            continue
+        c.unknown_keys(acc_raw, _ACCOUNT_KEYS, path_i)
+        email = acc_raw.get("email")
+        if not isinstance(email, str) or not _EMAIL_RE.match(email):
+            c.add(f"{path_i}.email", f"must be an email address like alice@example.com, got {email!r}")
+            email = None
+        else:
+            email = email.strip()
+            key = email.lower()
+            if key in emails:
+                c.add(f"{path_i}.email", f"duplicate account {email!r}, already accounts[{emails[key]}]")
+            else:
+                emails[key] = i
+        sd = acc_raw.get("start_date")
+        start_date: date | None = None
+        if isinstance(sd, date):
+            start_date = sd
+        elif isinstance(sd, str):
+            try:
+                start_date = date.fromisoformat(sd)
+            except ValueError:
+                c.add(f"{path_i}.start_date", f"must be a date YYYY-MM-DD, got {sd!r}")
+        elif sd is None:
+            c.add(f"{path_i}.start_date", 'is required: the first possible warmup day, e.g. "2026-12-01"')
+        else:
+            c.add(f"{path_i}.start_date", f"must be a date YYYY-MM-DD, got {sd!r}")
+        merged, origin = _merge(defaults, acc_raw)
+        sched_keys = ("timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap",
+                      "max_per_hour", "periods", "ramp")
+        overrides = any(k in acc_raw for k in sched_keys)
+        cache_key = "defaults" if not overrides else f"acc{i}"
+        if cache_key in schedule_cache:
+            sched = schedule_cache[cache_key]
+        else:
+            # Problems in [defaults] are reported once, under their own path.
+            sched = _schedule(c, merged, path_i if overrides else "defaults", origin if overrides else {})
+            schedule_cache[cache_key] = sched
+        eng_origin = "defaults" if "engagement" not in acc_raw else path_i
+        eng_key = f"eng{i}" if "engagement" in acc_raw else "eng-defaults"
+        if eng_key in schedule_cache:
+            eng = schedule_cache[eng_key]
+        else:
+            eng = _engagement(c, _table(c, merged.get("engagement"), f"{eng_origin}.engagement"),
+                              f"{eng_origin}.engagement")
+            schedule_cache[eng_key] = eng  # type: ignore[assignment]
+        smtp = None
+        if "smtp" in acc_raw:
+            smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "")
+        else:
+            c.add(f"{path_i}.smtp", "is required: { host = ..., port = ..., security = ..., username = ..., password_file = ... }")
+        imap = None
+        if "imap" in acc_raw:
+            imap = _server(c, acc_raw["imap"], f"{path_i}.imap", base, env, imap=True, email=email or "")
+        extras_raw = merged.get("extra_recipients", [])
+        extras: list[str] = []
+        xpath = f"{path_i if 'extra_recipients' in acc_raw else 'defaults'}.extra_recipients"
+        if not isinstance(extras_raw, list):
+            c.add(xpath, "must be a list of email addresses")
+        else:
+            for j, x in enumerate(extras_raw):
+                if isinstance(x, str) and _EMAIL_RE.match(x):
+                    extras.append(x)
+                else:
+                    c.add(f"{xpath}[{j}]", f"must be an email address, got {x!r}")
+        tag = merged.get("tag", "")
+        if not isinstance(tag, str):
+            c.add(f"{path_i}.tag", "must be a string")
+            tag = ""
+        max_attempts = _num(c, merged.get("max_attempts"), f"{path_i}.max_attempts", lo=1, integer=True)
+        templates_raw = merged.get("templates", "")
+        templates: Path | None = None
+        if isinstance(templates_raw, str) and templates_raw:
+            templates = (base / templates_raw).resolve()
+            if not templates.exists():
+                c.add(f"{path_i}.templates", f"{templates} does not exist: point it at a template file or folder, or remove it")
+        elif not isinstance(templates_raw, str):
+            c.add(f"{path_i}.templates", "must be a path string")
+        if email and start_date and sched and eng and max_attempts is not None:
+            accounts.append(Account(
+                email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,
+                extra_recipients=tuple(extras), tag=tag, max_attempts=max_attempts,
+                templates=templates, engagement=eng))  # type: ignore[arg-type]
+
+    if len(accounts) == len(accounts_raw):
+        for i, acc in enumerate(accounts):
+            if len(accounts) < 2 and not acc.extra_recipients:
+                c.add(f"accounts[{i}]", f"{acc.email} has no possible recipient: add another account to the pool or set extra_recipients")
+
+    if c.problems:
+        raise ConfigError(c.problems, path)
+    daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,  # type: ignore[arg-type]
+                            retention=retention, log_format=log_format,  # type: ignore[arg-type]
+                            log_level=log_level.lower(), max_concurrent_sends=mcs,  # type: ignore[arg-type]
+                            shutdown_timeout=stop_to)  # type: ignore[arg-type]
+    return Config(path=path, daemon=daemon, accounts=tuple(accounts))
+
+
+def read_socket_path(path: str | os.PathLike[str]) -> Path:
+    """Only the socket location from a config file: works while the rest is broken."""
+    p = Path(path).absolute()
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        d = data.get("daemon", {}) if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        # Fall back to a line scan so a syntax error elsewhere doesn't hide the socket.
+        d = {}
+        try:
+            for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = re.match(r'\s*(socket|state_dir)\s*=\s*"([^"]*)"', line)
+                if m:
+                    d[m.group(1)] = m.group(2)
+        except OSError:
+            pass
+    base = p.parent
+    if isinstance(d.get("socket"), str):
+        return (base / d["socket"]).resolve()
+    state = d.get("state_dir", "var") if isinstance(d.get("state_dir", "var"), str) else "var"
+    return (base / state).resolve() / "warmupd.sock"

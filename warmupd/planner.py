@@ -1,0 +1,268 @@
+"""The pure planning core: settings + local date + warmup day + rng -> the day's sends.
+
+No I/O and no clock: the caller passes the random generator and, for a day
+already under way, the instant from which to plan. Instants are float seconds
+since the epoch (UTC), kept to the millisecond.
+
+How a day is laid out (see ``plan_day``):
+
+1. target = min(max, start + step * (day - 1)); for an account that replies
+   over IMAP, part of it is left for replies.
+2. The target is split across periods by weight (largest remainder).
+3. Each period's sends are drawn uniformly inside its windows with at least
+   the gap between them (the "stars and bars" trick: draw in a line shortened
+   by (n-1) gaps, sort, then spread the gaps back in). Windows of different
+   periods are shrunk where they touch (``config.layout_spans``) so the gap
+   also holds across periods.
+4. Jitter and micro jitter move each send, but only where the move keeps it in
+   its window and min_gap from both neighbours: constraints are never traded
+   for noise. Nothing lands on a whole second's grid or evenly spaced.
+5. Recipients come from the pool (``recipients_for``).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from .calendar import is_sending_day, period_spans
+from .config import Account, split_by_weight
+
+Span = tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSend:
+    at: float  # instant, epoch seconds UTC, millisecond precision
+    period: str
+    recipient: str
+    message_id: str
+
+    @property
+    def at_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
+
+def day_target(account: Account, warmup_day: int) -> int:
+    """The ramp's sends (new sends plus replies) for a warmup day."""
+    return account.schedule.ramp.target(warmup_day)
+
+
+def new_send_target(account: Account, target: int) -> int:
+    """The share of the target planned as new sends; the rest is left for
+    replies when the account engages over IMAP."""
+    if account.imap is None:
+        return target
+    return round(target / (1.0 + account.engagement.reply_rate))
+
+
+def _clip(spans: Sequence[Span], not_before: float | None) -> list[Span]:
+    if not_before is None:
+        return list(spans)
+    return [(max(s, not_before), e) for s, e in spans if e > not_before]
+
+
+def _length(spans: Sequence[Span]) -> float:
+    return sum(e - s for s, e in spans)
+
+
+def remaining_fraction(account: Account, day: date, not_before: float) -> float:
+    """Sum over periods of weight x (share of the period's window time still ahead)."""
+    spans = period_spans(account.schedule, day)
+    frac = 0.0
+    for p in account.schedule.periods:
+        full = _length(spans[p.name])
+        if full > 0:
+            frac += p.weight * _length(_clip(spans[p.name], not_before)) / full
+    return frac
+
+
+def remaining_target(account: Account, day: date, target: int, not_before: float | None,
+                     already_sent: int = 0) -> int:
+    """What is still to plan for a day: the whole target at its start, else the
+    share of window time still ahead (pro rata) minus sends already made."""
+    share = target if not_before is None else round(target * remaining_fraction(account, day, not_before))
+    return max(0, share - already_sent)
+
+
+def _place(rng: random.Random, spans: list[Span], n: int, gap: float) -> list[tuple[float, float, float]]:
+    """``n`` instants drawn uniformly in ``spans`` at least ``gap`` apart, each with its span."""
+    if n <= 0 or not spans:
+        return []
+    step = gap + 0.001  # room for the rounding to milliseconds
+    total = _length(spans)
+    # How many fit: per span, floor(len/step)+1; more than that is not placeable.
+    cap = sum(int((e - s) // step) + 1 for s, e in spans)
+    n = min(n, cap)
+    free = total - (n - 1) * step
+    while free < 0 and n > 0:
+        n -= 1
+        free = total - (n - 1) * step
+    rnd = rng.random
+    draws = sorted(rnd() * free for _ in range(n))
+    out: list[tuple[float, float, float]] = []
+    idx = 0
+    s, e = spans[0]
+    offset = 0.0  # concatenated length before the current span
+    for i, u in enumerate(draws):
+        pos = u + i * step
+        while pos - offset >= e - s and idx + 1 < len(spans):
+            offset += e - s
+            idx += 1
+            s, e = spans[idx]
+        t = s + min(pos - offset, e - s - 0.001)
+        out.append((t, s, e))
+    return out
+
+
+def plan_times(account: Account, day: date, count: int, rng: random.Random,
+               not_before: float | None = None) -> list[tuple[float, str]]:
+    """``count`` instants for ``day`` with their periods, in time order."""
+    sched = account.schedule
+    spans = period_spans(sched, day)
+    periods = sched.periods
+    clipped = [_clip(spans[p.name], not_before) for p in periods]
+    if not_before is None:
+        weights = [p.weight for p in periods]
+    else:
+        weights = [p.weight * (_length(c) / full if (full := _length(spans[p.name])) else 0.0)
+                   for p, c in zip(periods, clipped, strict=True)]
+    counts = split_by_weight(count, weights)
+    gap = sched.effective_gap
+    placed: list[tuple[float, float, float, str]] = []
+    for p, c, n in zip(periods, clipped, counts, strict=True):
+        placed.extend((t, s, e, p.name) for t, s, e in _place(rng, c, n, gap))
+    placed.sort()
+    # Jitter, kept only where it leaves every constraint intact.
+    jit, micro = sched.jitter, sched.micro_jitter
+    rnd = rng.random
+    out: list[tuple[float, str]] = []
+    prev = float("-inf")
+    n = len(placed)
+    for i in range(n):
+        t, s, e, name = placed[i]
+        nxt = placed[i + 1][0] if i + 1 < n else float("inf")
+        for j in (jit, 0.0):
+            prop = t + (2 * rnd() - 1) * j + (2 * rnd() - 1) * micro
+            prop = round(prop, 3)
+            if s <= prop < e and prop - prev >= gap and nxt - prop >= gap:
+                t = prop
+                break
+        else:
+            t = round(t, 3)
+            if t - prev < gap:  # rounding ate the spare millisecond
+                t = round(prev + gap + 0.0005, 3)
+        if t % 60.0 == 0.0:  # never on a whole minute
+            t = t + 0.137 if t + 0.137 < min(e, nxt - gap) else t - 0.137
+        placed[i] = (t, s, e, name)
+        out.append((t, name))
+        prev = t
+    return out
+
+
+def message_id(rng: random.Random, at: float, domain: str) -> str:
+    return f"<{int(at * 1000):x}.{rng.getrandbits(64):016x}@{domain}>"
+
+
+class Pool:
+    """The accounts of the pool (sorted) and the day's walking order.
+
+    Every sender uses the same order of offsets, so on a day when all send
+    alike each member receives exactly as many as it sends, and a pair repeats
+    only once a sender has gone round the whole pool."""
+
+    def __init__(self, emails: Sequence[str]) -> None:
+        self.emails = sorted(emails)
+        self.index = {e: i for i, e in enumerate(self.emails)}
+        self._offsets: dict[date, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    def offsets(self, day: date) -> list[int]:
+        offs = self._offsets.get(day)
+        if offs is None:
+            offs = list(range(1, len(self.emails)))
+            random.Random(f"warmupd-pool-{day.isoformat()}-{len(self.emails)}").shuffle(offs)
+            if len(self._offsets) > 8:
+                self._offsets.clear()
+            self._offsets[day] = offs
+        return offs
+
+
+def recipients_for(sender_index: int, count: int, pool: Sequence[str], extras: Sequence[str],
+                   offsets: Sequence[int], start: int = 0) -> list[str]:
+    """The recipients of a sender's sends number ``start`` .. ``start+count-1`` of the day.
+
+    The cycle walks the pool by the day's offsets; the sender's own extra
+    recipients are spread evenly through it."""
+    n = len(pool)
+    base = len(offsets)
+    m = base + len(extras)
+    if m == 0:
+        return []
+    # Extras sit at even intervals of the cycle so they are not all at its end.
+    extra_at: dict[int, str] = {}
+    if extras:
+        step = max(1, m // len(extras))
+        for k, x in enumerate(extras):
+            extra_at[min(m - 1, k * step + step - 1)] = x
+    out: list[str] = []
+    for k in range(count):
+        c = (start + k) % m
+        x = extra_at.get(c)
+        if x is not None:
+            out.append(x)
+        else:
+            rank = c - sum(1 for pos in extra_at if pos < c)
+            out.append(pool[(sender_index + offsets[rank % base]) % n] if base else extras[k % len(extras)])
+    return out
+
+
+def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
+             pool: Pool, *, not_before: float | None = None, already_sent: int = 0,
+             target: int | None = None) -> list[PlannedSend]:
+    """The day's planned sends for ``account``, in time order.
+
+    ``pool`` is every account of the pool; ``not_before`` plans only
+    the rest of a day under way, counting ``already_sent`` against the target.
+    """
+    if day < account.start_date or warmup_day < 1 or not is_sending_day(account.schedule, day):
+        return []
+    if target is None:
+        target = new_send_target(account, day_target(account, warmup_day))
+    count = remaining_target(account, day, target, not_before, already_sent)
+    if count <= 0:
+        return []
+    times = plan_times(account, day, count, rng, not_before)
+    if account.email not in pool.index:  # a sender outside the pool sends to all of it
+        pool = Pool([*pool.emails, account.email])
+    recips = recipients_for(pool.index[account.email], len(times), pool.emails,
+                            account.extra_recipients, pool.offsets(day), start=already_sent)
+    if not recips:
+        return []
+    # Recipients in a random order across the day, so pairs don't follow the clock.
+    rng.shuffle(recips)
+    domain = account.domain
+    return [PlannedSend(t, name, r, message_id(rng, t, domain))
+            for (t, name), r in zip(times, recips, strict=True)]
+
+
+def plan_stats(sends: Sequence[PlannedSend]) -> dict[str, object]:
+    """Counts per period, first and last send, smallest and median gap (seconds)."""
+    per: dict[str, int] = {}
+    for s in sends:
+        per[s.period] = per.get(s.period, 0) + 1
+    times = sorted(s.at for s in sends)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return {
+        "count": len(sends),
+        "per_period": per,
+        "first": times[0] if times else None,
+        "last": times[-1] if times else None,
+        "min_gap": min(gaps) if gaps else None,
+        "median_gap": statistics.median(gaps) if gaps else None,
+    }

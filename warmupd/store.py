@@ -1,0 +1,527 @@
+"""The only module with SQL: schema, migrations and every query.
+
+SQLite through aiosqlite, WAL, one connection that does all the writing.
+Instants are stored as integer milliseconds since the epoch (UTC).
+
+Durability: ``synchronous=FULL`` so that a committed transition survives a
+power cut, not only a crash of the process. State transitions of sends are
+grouped by ``Store.commit_send`` (a few ms at most) so that many concurrent
+sends share one fsync; each caller still waits until its own change is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+APPLICATION_ID = 0x57524D55  # "WRMU": marks a file as a warmupd database
+STATUSES = ("pending", "sending", "sent", "failed", "skipped", "uncertain")
+FINISHED = ("sent", "failed", "skipped", "uncertain")
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says why and what to do."""
+
+
+MIGRATIONS: list[str] = [
+    # 1: the base schema
+    """
+    CREATE TABLE accounts (
+        email            TEXT PRIMARY KEY,
+        warmup_day       INTEGER NOT NULL,
+        advanced_through TEXT NOT NULL,      -- local date up to which days were counted
+        paused_reason    TEXT,
+        paused_ms        INTEGER,
+        hold_until       TEXT,               -- local date (exclusive) while the ramp is held
+        hold_reason      TEXT,
+        updated_ms       INTEGER NOT NULL
+    );
+    -- One row per planning of an account-day. The rows it planned have the
+    -- contiguous ids first_id..last_id (one writer hands them out in order), so
+    -- every query of the daemon reaches the sends through this small table and
+    -- the primary key of ``sends``: a day's rows of an account, what is pending
+    -- for today and the next rollover, and cleanup by age. ``sends`` carries no
+    -- secondary index, which keeps planning 4 M sends a day fast.
+    CREATE TABLE plan_batches (
+        account    TEXT NOT NULL,
+        local_date TEXT NOT NULL,
+        first_id   INTEGER NOT NULL,
+        last_id    INTEGER NOT NULL,         -- first_id - 1 when nothing was planned
+        warmup_day INTEGER NOT NULL,
+        target     INTEGER NOT NULL,
+        planned_ms INTEGER NOT NULL,
+        PRIMARY KEY (account, local_date, first_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX plan_batches_date ON plan_batches(local_date);
+    CREATE TABLE sends (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- the X-Warmup-Id header
+        account     TEXT NOT NULL,
+        local_date  TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,        -- the planned instant; never changes
+        period      TEXT NOT NULL,
+        recipient   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        kind        TEXT NOT NULL DEFAULT 'new',   -- new | reply
+        status      TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        retry_at_ms INTEGER,
+        data_mark   INTEGER NOT NULL DEFAULT 0,    -- 1 once DATA was about to be issued
+        last_error  TEXT,
+        reason      TEXT,
+        smtp_reply  TEXT,
+        sent_at_ms  INTEGER,
+        created_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        at_ms       INTEGER NOT NULL,
+        send_id     INTEGER,
+        account     TEXT NOT NULL,
+        from_status TEXT,
+        to_status   TEXT NOT NULL,
+        detail      TEXT
+    );
+    CREATE INDEX events_send ON events(send_id);
+    """,
+    # 2: engagement over IMAP: what each receiving account saw, and the actions it takes
+    """
+    CREATE TABLE received (
+        send_id     INTEGER NOT NULL,
+        account     TEXT NOT NULL,           -- the receiving account
+        folder      TEXT NOT NULL,
+        placement   TEXT NOT NULL,           -- inbox | junk
+        local_date  TEXT NOT NULL,           -- the receiver's local date
+        seen_ms     INTEGER NOT NULL,
+        delay_ms    INTEGER,                 -- since the send's sent_at
+        depth       INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (send_id, account)
+    );
+    CREATE INDEX received_day ON received(account, local_date);
+    CREATE TABLE actions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        account     TEXT NOT NULL,           -- the account that acts (the receiver)
+        send_id     INTEGER NOT NULL,        -- the warmup send it acts on
+        kind        TEXT NOT NULL,           -- open | rescue | reply | archive
+        due_ms      INTEGER NOT NULL,
+        status      TEXT NOT NULL,           -- pending | done | skipped | failed
+        detail      TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX actions_due ON actions(status, due_ms);
+    ALTER TABLE sends ADD COLUMN bounced INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sends ADD COLUMN in_reply_to INTEGER;   -- for replies: the send replied to
+    ALTER TABLE sends ADD COLUMN depth INTEGER NOT NULL DEFAULT 1;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(slots=True)
+class SendRow:
+    id: int
+    account: str
+    local_date: str
+    at_ms: int
+    period: str
+    recipient: str
+    message_id: str
+    kind: str
+    status: str
+    attempts: int
+    retry_at_ms: int | None
+    data_mark: int
+    last_error: str | None
+    reason: str | None
+    smtp_reply: str | None
+    sent_at_ms: int | None
+    created_ms: int
+    updated_ms: int
+
+    @property
+    def due_ms(self) -> int:
+        return self.retry_at_ms if self.retry_at_ms is not None else self.at_ms
+
+
+_SEND_COLS = ", ".join(f.name for f in fields(SendRow))
+_MUTABLE = ("status", "attempts", "retry_at_ms", "data_mark", "last_error", "reason",
+            "smtp_reply", "sent_at_ms", "updated_ms")
+_UPDATE_SQL = f"UPDATE sends SET {', '.join(c + '=?' for c in _MUTABLE)} WHERE id=?"
+_EVENT_SQL = ("INSERT INTO events (at_ms, send_id, account, from_status, to_status, detail) "
+              "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+@dataclass(slots=True)
+class AccountState:
+    email: str
+    warmup_day: int
+    advanced_through: str
+    paused_reason: str | None
+    paused_ms: int | None
+    hold_until: str | None
+    hold_reason: str | None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_file(path: Path) -> int:
+    """Refuse, without writing to it, a file that is not a warmupd database
+    or is newer than this code. Returns its schema version (0 for new)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with path.open("rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        raise StoreError(f"{path} is not a SQLite database; refusing to touch it: "
+                         "point state_dir at a folder of its own")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: cannot read the database ({e}); refusing to touch it") from None
+    finally:
+        con.close()
+    if app_id != APPLICATION_ID and (tables or version):
+        raise StoreError(f"{path} is a SQLite database of another program; refusing to touch it: "
+                         "point state_dir at a folder of its own")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {version}, newer than this warmupd knows "
+                         f"({SCHEMA_VERSION}): upgrade warmupd or restore an older database")
+    return int(version)
+
+
+class Store:
+    """The state database. Create with ``await Store.open(path)``."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._batch: list[tuple[SendRow, str | None, str | None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._next_id = 0
+        self.commits = 0
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        version = check_file(path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA cache_size=-262144")  # 256 MiB at most, for big plans
+            store = cls(conn, path)
+            await store._migrate(version)
+            async with conn.execute("SELECT seq FROM sqlite_sequence WHERE name='sends'") as cur:
+                row = await cur.fetchone()
+            store._next_id = (row[0] if row else 0) + 1
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _migrate(self, version: int) -> None:
+        for v in range(version, SCHEMA_VERSION):
+            # Each step and its version bump commit together: a crash mid-way
+            # leaves the file at the previous version, to be redone next start.
+            script = f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version={v + 1};\n"
+            if v == 0:
+                script += f"PRAGMA application_id={APPLICATION_ID};\n"
+            await self.conn.executescript(script + "COMMIT;")
+
+    async def close(self) -> None:
+        await self.flush()
+        await self.conn.close()
+
+    async def schema_version(self) -> int:
+        async with self.conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------ accounts
+
+    async def account_states(self) -> dict[str, AccountState]:
+        async with self.conn.execute(
+            "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
+            "hold_reason FROM accounts"
+        ) as cur:
+            return {r[0]: AccountState(*r) for r in await cur.fetchall()}
+
+    async def upsert_account(self, st: AccountState) -> None:
+        await self.conn.execute(
+            "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
+            "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
+            "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
+            "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
+            "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms",
+            (st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
+             st.hold_until, st.hold_reason, now_ms()),
+        )
+
+    async def sent_dates(self, account: str, after: str, until: str) -> list[str]:
+        """Local dates in (after, until] on which ``account`` sent at least once."""
+        async with self.conn.execute(
+            "SELECT DISTINCT local_date FROM sends WHERE account=? AND local_date>? AND "
+            "local_date<=? AND status='sent' ORDER BY local_date", (account, after, until)
+        ) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------ planning
+
+    async def planned_days(self, local_dates: Iterable[str]) -> set[tuple[str, str]]:
+        """The (account, local_date) pairs already planned among these dates."""
+        dates = sorted(set(local_dates))
+        if not dates:
+            return set()
+        q = ",".join("?" * len(dates))
+        async with self.conn.execute(
+            f"SELECT DISTINCT account, local_date FROM plan_batches WHERE local_date IN ({q})", dates
+        ) as cur:
+            return {(r[0], r[1]) for r in await cur.fetchall()}
+
+    async def insert_plan(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]],
+                          kind: str = "new") -> list[tuple[int, int, str]]:
+        """Persist planned days in one transaction.
+
+        ``days`` holds (account, local_date, warmup_day, target, sends), each send an
+        object with at, period, recipient and message_id. Ids come from this single
+        writer's counter. Returns (at_ms, id, account) of every new row: what the
+        timer heap needs."""
+        stamp = now_ms()
+        nid = self._next_id
+        rows: list[tuple[Any, ...]] = []
+        keys: list[tuple[int, int, str]] = []
+        batches: list[tuple[Any, ...]] = []
+        for account, local_date, wday, target, sends in days:
+            batches.append((account, local_date, nid, nid + len(sends) - 1, wday, target, stamp))
+            for s in sends:
+                at_ms = int(s.at * 1000 + 0.5)
+                rows.append((nid, account, local_date, at_ms, s.period, s.recipient,
+                             s.message_id, kind, stamp, stamp))
+                keys.append((at_ms, nid, account))
+                nid += 1
+        await self.flush()
+        await self.conn.execute("BEGIN")
+        try:
+            await self.conn.executemany(
+                "INSERT INTO plan_batches (account, local_date, first_id, last_id, warmup_day, "
+                "target, planned_ms) VALUES (?,?,?,?,?,?,?)", batches)
+            await self.conn.executemany(
+                "INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, "
+                "kind, status, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)", rows)
+            # One event per planned account-day, not per row: planning is one change.
+            await self.conn.executemany(
+                _EVENT_SQL, [(stamp, None, d[0], None, "planned",
+                              f"{d[1]}: warmup day {d[2]}, target {d[3]}, {len(d[4])} sends")
+                             for d in days])
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        self._next_id = nid
+        self.commits += 1
+        return keys
+
+    # ------------------------------------------------------------ reading sends
+
+    async def _rows(self, batch_cond: str, params: Sequence[Any], row_cond: str = "1") -> list[SendRow]:
+        """Rows of the batches matching ``batch_cond`` (on b.) and ``row_cond`` (on s.)."""
+        cols = ", ".join(f"s.{f.name}" for f in fields(SendRow))
+        async with self.conn.execute(
+            f"SELECT {cols} FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            f"WHERE {batch_cond} AND {row_cond} ORDER BY s.at_ms, s.id", params
+        ) as cur:
+            return [SendRow(*r) for r in await cur.fetchall()]
+
+    async def get_send(self, send_id: int) -> SendRow | None:
+        async with self.conn.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id=?", (send_id,)) as cur:
+            r = await cur.fetchone()
+        return SendRow(*r) if r else None
+
+    async def rows_on_dates(self, local_dates: Iterable[str], statuses: Sequence[str]) -> list[SendRow]:
+        """Rows of these local dates (any account) with one of ``statuses``."""
+        dates = sorted(set(local_dates))
+        if not dates:
+            return []
+        dq, sq = ",".join("?" * len(dates)), ",".join("?" * len(statuses))
+        return await self._rows(f"b.local_date IN ({dq})", [*dates, *statuses], f"s.status IN ({sq})")
+
+    async def due_keys(self, local_dates: Iterable[str]) -> list[tuple[int, int, str]]:
+        """(due_ms, id, account) of the pending sends of these local dates: the
+        compact form the timer heap holds."""
+        dates = sorted(set(local_dates))
+        if not dates:
+            return []
+        q = ",".join("?" * len(dates))
+        async with self.conn.execute(
+            "SELECT coalesce(s.retry_at_ms, s.at_ms), s.id, s.account FROM plan_batches b "
+            "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            f"WHERE b.local_date IN ({q}) AND s.status='pending'", dates
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+    async def day_rows(self, account: str, local_date: str) -> list[SendRow]:
+        return await self._rows("b.account=? AND b.local_date=?", (account, local_date))
+
+    async def by_message_id(self, message_id: str, account: str, local_dates: Sequence[str]) -> SendRow | None:
+        """A planned send of ``account`` on one of ``local_dates`` with this Message-ID."""
+        q = ",".join("?" * len(local_dates))
+        rows = await self._rows(f"b.account=? AND b.local_date IN ({q})", (account, *local_dates),
+                                "s.message_id=?") if local_dates else []
+        if not rows:  # not among the expected days: look it up the slow way
+            async with self.conn.execute(
+                f"SELECT {_SEND_COLS} FROM sends WHERE account=? AND message_id=?",
+                (account, message_id)) as cur:
+                r = await cur.fetchone()
+            return SendRow(*r) if r else None
+        return rows[0]
+
+    async def count_sent(self, account: str, local_date: str) -> int:
+        """Sends that count against the day's target: made, or possibly made."""
+        async with self.conn.execute(
+            "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            "WHERE b.account=? AND b.local_date=? AND (s.status IN ('sent', 'sending', 'uncertain') "
+            "OR (s.status='failed' AND s.data_mark=1))", (account, local_date)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def day_counts(self, pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
+        """{account: {status: n}} for the given (account, local_date) pairs."""
+        out: dict[str, dict[str, int]] = {}
+        for account, day in pairs:
+            async with self.conn.execute(
+                "SELECT s.status, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+                "b.first_id AND b.last_id WHERE b.account=? AND b.local_date=? GROUP BY s.status",
+                (account, day)) as cur:
+                out[account] = {r[0]: r[1] for r in await cur.fetchall()}
+        return out
+
+    # ------------------------------------------------------------ state transitions
+
+    async def commit_send(self, row: SendRow, from_status: str | None, detail: str | None = None) -> None:
+        """Persist ``row``'s mutable fields and an event, durably, before returning.
+
+        Callers that arrive within the same few milliseconds share one transaction."""
+        row.updated_ms = now_ms()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._batch.append((row, from_status, detail))
+        self._waiters.append(fut)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_soon())
+        await fut
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0.002)  # the bounded grouping delay
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self._batch:
+            batch, waiters = self._batch, self._waiters
+            self._batch, self._waiters = [], []
+            try:
+                await self.conn.execute("BEGIN")
+                await self.conn.executemany(
+                    _UPDATE_SQL, [tuple(getattr(r, c) for c in _MUTABLE) + (r.id,) for r, _, _ in batch])
+                await self.conn.executemany(
+                    _EVENT_SQL, [(r.updated_ms, r.id, r.account, f, r.status, d) for r, f, d in batch])
+                await self.conn.execute("COMMIT")
+                self.commits += 1
+            except BaseException as e:
+                try:
+                    await self.conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(e if isinstance(e, Exception) else StoreError(str(e)))
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def skip_pending(self, account: str, reason: str, local_dates: Sequence[str]) -> list[int]:
+        """Mark an account's pending sends of these dates skipped (pause, removal,
+        re-plan); returns their ids."""
+        await self.flush()
+        q = ",".join("?" * len(local_dates))
+        stamp = now_ms()
+        await self.conn.execute("BEGIN")
+        try:
+            async with self.conn.execute(
+                "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                f"WHERE b.account=? AND b.local_date IN ({q}) AND s.status='pending'",
+                (account, *local_dates)) as cur:
+                ids = [r[0] for r in await cur.fetchall()]
+            await self.conn.executemany(
+                "UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? WHERE id=?",
+                [(reason, stamp, i) for i in ids])
+            await self.conn.executemany(
+                _EVENT_SQL, [(stamp, i, account, "pending", "skipped", reason) for i in ids])
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        return ids
+
+    async def skip_stale(self, before_date: str, reason: str) -> int:
+        """Pending rows of days before ``before_date`` can never be sent in time."""
+        await self.flush()
+        stamp = now_ms()
+        cur = await self.conn.execute(
+            "UPDATE sends SET status='skipped', reason=?, updated_ms=? WHERE id IN ("
+            "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            "WHERE b.local_date < ? AND s.status='pending')", (reason, stamp, before_date))
+        return cur.rowcount
+
+    async def cleanup(self, before_date: str, older_than_ms: int) -> int:
+        """Delete finished rows of days before ``before_date`` and older events."""
+        await self.flush()
+        q = ",".join("?" * len(FINISHED))
+        await self.conn.execute("BEGIN")
+        try:
+            cur = await self.conn.execute(
+                f"DELETE FROM sends WHERE status IN ({q}) AND id IN ("
+                "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                "WHERE b.local_date < ?)", (*FINISHED, before_date))
+            n = cur.rowcount
+            await self.conn.execute(
+                "DELETE FROM plan_batches WHERE local_date < ? AND NOT EXISTS (SELECT 1 FROM sends s "
+                "WHERE s.id BETWEEN plan_batches.first_id AND plan_batches.last_id)", (before_date,))
+            # Events are appended in time order, so their ids order them by age.
+            await self.conn.execute(
+                "DELETE FROM events WHERE id < coalesce((SELECT min(id) FROM events WHERE at_ms >= ?), 0)",
+                (older_than_ms,))
+            await self.conn.execute("COMMIT")
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        return n
+
+    async def event_log(self, send_id: int) -> list[tuple[str | None, str, str | None]]:
+        async with self.conn.execute(
+            "SELECT from_status, to_status, detail FROM events WHERE send_id=? ORDER BY id", (send_id,)
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]

@@ -301,7 +301,9 @@ class _Collector:
         self.problems: list[str] = []
 
     def add(self, path: str, msg: str) -> None:
-        self.problems.append(f"{path}: {msg}")
+        line = f"{path}: {msg}"
+        if line not in self.problems:  # a [defaults] problem met again via another account
+            self.problems.append(line)
 
     def unknown_keys(self, table: Mapping[str, Any], allowed: set[str], path: str) -> None:
         for key in table:
@@ -430,7 +432,8 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
     port = _num(c, srv.get("port", default_port), _join(path, "port"), lo=1, hi=65535, integer=True)
     username = srv.get("username", email)
     if not isinstance(username, str) or not username:
-        c.add(_join(path, "username"), "must be a non-empty string")
+        if "username" in srv:  # else the account's bad email is the problem, reported already
+            c.add(_join(path, "username"), "must be a non-empty string")
         username = None
     password = _resolve_password(c, srv, path, base, env)
     timeout = _dur(c, srv.get("timeout", "30s"), _join(path, "timeout"), positive=True)

@@ -1,0 +1,387 @@
+"""Config loading: a good file loads; every mistake is reported with its key path."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from warmupd.config import ConfigError, Secret, load_config, read_socket_path
+
+PASSWORD = "hunter2-Sup3rS3cret"
+
+ACCOUNTS = """
+[[accounts]]
+email = "alice@example.com"
+start_date = 2026-01-05
+smtp = { host = "mail.example.com", port = 587, password_file = "alice.pw" }
+
+[[accounts]]
+email = "bob@example.com"
+start_date = 2026-01-05
+smtp = { host = "mail.example.com", password_file = "alice.pw" }
+"""
+
+
+def write(tmp_path: Path, text: str, *, password: bool = True) -> Path:
+    if password:
+        (tmp_path / "alice.pw").write_text(PASSWORD + "\n")
+    p = tmp_path / "config.toml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as ei:
+        load_config(path, env={} if env is None else env)
+    assert ei.value.problems, "a ConfigError must list at least one problem"
+    return ei.value.problems
+
+
+def one_with(probs: list[str], key_path: str, *needles: str) -> str:
+    """The problem reported under exactly ``key_path`` that mentions every needle."""
+    hits = [p for p in probs if p.startswith(key_path + ": ")
+            and all(n.lower() in p.lower() for n in needles)]
+    assert hits, f"no problem at {key_path!r} mentioning {needles}; got:\n" + "\n".join(probs)
+    return hits[0]
+
+
+# ---------------------------------------------------------------- a good file
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        [daemon]
+        state_dir = "state"
+        grace = "10m"
+
+        [defaults]
+        timezone = "Europe/London"
+        weekdays = ["mon", "tue", "wed", "thu", "fri"]
+        holidays = "GB"
+        min_gap = "5m"
+        max_per_hour = 6
+        ramp = { start = 3, step = 2, max = 30 }
+    """ + ACCOUNTS + """
+        [[accounts]]
+        email = "carol@example.org"
+        start_date = "2026-02-02"
+        timezone = "Asia/Kolkata"
+        smtp = { host = "smtp.example.org", security = "tls", password_env = "CAROL_PW" }
+        imap = { host = "imap.example.org", junk_folder = "Spam", poll = "2m" }
+    """)
+    cfg = load_config(p, env={"CAROL_PW": "carol-secret"})
+    assert [a.email for a in cfg.accounts] == ["alice@example.com", "bob@example.com",
+                                               "carol@example.org"]
+    alice, _, carol = cfg.accounts
+    assert alice.start_date == date(2026, 1, 5)
+    assert alice.schedule.timezone == "Europe/London"
+    assert alice.schedule.min_gap == 300.0
+    assert alice.schedule.effective_gap == 600.0  # 3600 / 6 wins over 5m
+    assert alice.schedule.ramp.target(1) == 3 and alice.schedule.ramp.target(100) == 30
+    assert alice.smtp is not None and alice.smtp.port == 587 and alice.smtp.security == "starttls"
+    assert alice.smtp.username == "alice@example.com"
+    assert alice.smtp.password == Secret(PASSWORD)  # the trailing newline is stripped
+    assert carol.timezone == "Asia/Kolkata" and carol.schedule.ramp.max == 30
+    assert carol.smtp is not None and carol.smtp.port == 465
+    assert carol.smtp.password is not None and carol.smtp.password.reveal() == "carol-secret"
+    assert carol.imap is not None and carol.imap.port == 993 and carol.imap.poll == 120.0
+    assert carol.imap.junk_folder == "Spam"
+    assert cfg.daemon.state_dir == (tmp_path / "state").resolve()
+    assert cfg.daemon.database == cfg.daemon.state_dir / "warmupd.db"
+    assert cfg.daemon.socket == cfg.daemon.state_dir / "warmupd.sock"
+    assert cfg.daemon.grace == 600.0
+    assert sorted(cfg.secrets()) == sorted([PASSWORD, PASSWORD, "carol-secret"])
+
+
+# ---------------------------------------------------------------- one problem each
+
+
+def test_unknown_timezone_with_suggestion(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\ntimezone = "Europe/Londn"\n' + ACCOUNTS)
+    msg = one_with(problems(p), "defaults.timezone", "unknown timezone", "Europe/Londn")
+    assert '"Europe/London"' in msg
+
+
+def test_unknown_timezone_on_an_account(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace('start_date = 2026-01-05\nsmtp',
+                                         'start_date = 2026-01-05\ntimezone = "Mars/Olympus"\nsmtp', 1))
+    one_with(problems(p), "accounts[0].timezone", "unknown timezone", "Mars/Olympus")
+
+
+def test_unknown_key_suggests_nearest(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\nmin_gapp = "5m"\n' + ACCOUNTS)
+    msg = one_with(problems(p), "defaults.min_gapp", "unknown key")
+    assert 'did you mean "min_gap"' in msg
+
+
+def test_unknown_key_in_account_server(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace("port = 587", "prot = 587"))
+    msg = one_with(problems(p), "accounts[0].smtp.prot", "unknown key")
+    assert '"port"' in msg
+
+
+def test_inverted_window(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        [defaults.periods.peak]
+        windows = ["11:00-09:00"]
+        weight = 1.0
+    """ + ACCOUNTS)
+    one_with(problems(p), "defaults.periods.peak.windows[0]", "inverted", "11:00-09:00")
+
+
+def test_overlapping_windows(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        [defaults.periods.peak]
+        windows = ["09:00-11:00"]
+        weight = 0.5
+        [defaults.periods.normal]
+        windows = ["10:30-12:00"]
+        weight = 0.5
+    """ + ACCOUNTS)
+    msg = one_with(problems(p), "defaults.periods", "overlaps")
+    assert "10:30-12:00" in msg and "09:00-11:00" in msg
+
+
+def test_weights_must_sum_to_one(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        [defaults.periods.peak]
+        windows = ["09:00-11:00"]
+        weight = 0.5
+        [defaults.periods.normal]
+        windows = ["13:00-15:00"]
+        weight = 0.3
+    """ + ACCOUNTS)
+    one_with(problems(p), "defaults.periods", "sum to 1", "0.8")
+
+
+def test_min_gap_too_big_for_ramp_max(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\nmin_gap = "30m"\nramp = { max = 40 }\n' + ACCOUNTS)
+    probs = problems(p)
+    msg = one_with(probs, "defaults.periods.peak", "cannot fit", "30m")
+    assert "24 sends" in msg  # 60% of 40
+
+
+def test_max_per_hour_too_low_for_ramp_max(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\nmax_per_hour = 2\n' + ACCOUNTS)
+    one_with(problems(p), "defaults.periods.peak", "cannot fit", "max_per_hour 2")
+
+
+def test_duplicate_account_email(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace("bob@example.com", "Alice@Example.com"))
+    one_with(problems(p), "accounts[1].email", "duplicate", "accounts[0]")
+
+
+def test_malformed_email(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace("bob@example.com", "bob-at-example.com"))
+    probs = problems(p)
+    one_with(probs, "accounts[1].email", "bob-at-example.com")
+    # The bad address is the one mistake: no knock-on complaint about a username
+    # the user never wrote.
+    assert not [x for x in probs if x.startswith("accounts[1].smtp")], probs
+
+
+def test_missing_password_file(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n', 'password_file = "nope.pw" }\n\n'))
+    msg = one_with(problems(p), "accounts[0].smtp.password_file", "not found")
+    assert str(tmp_path / "nope.pw") in msg
+
+
+def test_unreadable_password_file(tmp_path: Path) -> None:
+    # chmod 000 does not stop root, so make the path a directory: reading it fails.
+    (tmp_path / "pwdir").mkdir()
+    p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n', 'password_file = "pwdir" }\n\n'))
+    msg = one_with(problems(p), "accounts[0].smtp.password_file", "cannot read")
+    assert "pwdir" in msg
+
+
+def test_empty_password_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.pw").write_text("\n")
+    p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n', 'password_file = "empty.pw" }\n\n'))
+    one_with(problems(p), "accounts[0].smtp.password_file", "empty")
+
+
+def test_account_without_possible_recipient(tmp_path: Path) -> None:
+    single = ACCOUNTS.split("[[accounts]]")[1]
+    p = write(tmp_path, "[[accounts]]" + single)
+    one_with(problems(p), "accounts[0]", "no possible recipient")
+    # ... and extra_recipients fixes it.
+    p = write(tmp_path, "[[accounts]]" + single.replace(
+        "start_date", 'extra_recipients = ["seed@example.net"]\nstart_date'))
+    cfg = load_config(p, env={})
+    assert cfg.accounts[0].extra_recipients == ("seed@example.net",)
+
+
+@pytest.mark.parametrize("ramp, bad", [
+    ("{ start = 0 }", "start"),
+    ("{ step = 0 }", "step"),
+    ("{ max = -5 }", "max"),
+    ("{ start = -1, step = 2, max = 40 }", "start"),
+])
+def test_zero_and_negative_ramp_values(tmp_path: Path, ramp: str, bad: str) -> None:
+    p = write(tmp_path, f"[defaults]\nramp = {ramp}\n" + ACCOUNTS)
+    one_with(problems(p), f"defaults.ramp.{bad}", "at least 1")
+
+
+@pytest.mark.parametrize("value", ['"5x"', '"ten minutes"', '"-3m"', "5", '""'])
+def test_bad_duration(tmp_path: Path, value: str) -> None:
+    p = write(tmp_path, f"[defaults]\njitter = {value}\n" + ACCOUNTS)
+    one_with(problems(p), "defaults.jitter", "duration")
+
+
+def test_durations_parse(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\njitter = "1m30s"\nmicro_jitter = "0.5s"\n' + ACCOUNTS)
+    sched = load_config(p, env={}).accounts[0].schedule
+    assert sched.jitter == 90.0 and sched.micro_jitter == 0.5
+
+
+def test_unknown_holidays_region(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\nholidays = "ZZ"\n' + ACCOUNTS)
+    one_with(problems(p), "defaults.holidays", "unknown holidays region", "ZZ")
+
+
+def test_bad_port(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace("port = 587", "port = 70000"))
+    assert "accounts[0].smtp.port: must be 1-65535, got 70000" in problems(p)
+
+
+def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS + "oops = = 3\n")
+    line = ACCOUNTS.count("\n") + 1
+    (msg,) = problems(p)
+    assert "TOML syntax error" in msg
+    assert f"line {line}" in msg and "column" in msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    (msg,) = problems(tmp_path / "absent.toml")
+    assert "not found" in msg
+
+
+# ---------------------------------------------------------------- all at once
+
+
+def test_several_problems_are_all_listed(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        [defaults]
+        timezone = "Europe/Londn"
+        min_gapp = "4m"
+        jitter = "3 minutes"
+    """ + ACCOUNTS.replace("port = 587", "port = 70000").replace("bob@example.com", "bob@")
+        + """
+        [[accounts]]
+        email = "alice@example.com"
+        start_date = "2026-13-01"
+        smtp = { host = "mail.example.com", password_file = "missing.pw" }
+    """)
+    probs = problems(p)
+    one_with(probs, "defaults.timezone", "Europe/Londn")
+    one_with(probs, "defaults.min_gapp", "min_gap")
+    one_with(probs, "defaults.jitter", "duration")
+    one_with(probs, "accounts[0].smtp.port", "70000")
+    one_with(probs, "accounts[1].email", "bob@")
+    one_with(probs, "accounts[2].email", "duplicate")
+    one_with(probs, "accounts[2].start_date", "2026-13-01")
+    one_with(probs, "accounts[2].smtp.password_file", "not found")
+    assert len(probs) == len(set(probs)), "a problem is listed twice"
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, env={})
+    text = str(ei.value)
+    assert f"{len(probs)} problem(s)" in text
+    assert all(x in text for x in probs)
+
+
+def test_defaults_problem_reported_once_with_account_overrides(tmp_path: Path) -> None:
+    """An account overriding one schedule key still inherits [defaults]' bad value;
+    the problem is listed once, not once per account."""
+    p = write(tmp_path, '[defaults]\ntimezone = "Nowhere/Atall"\n'
+              + ACCOUNTS.replace("start_date = 2026-01-05\nsmtp", 'start_date = 2026-01-05\nmin_gap = "5m"\nsmtp'))
+    probs = problems(p)
+    assert len([x for x in probs if "Nowhere/Atall" in x]) == 1, probs
+
+
+# ---------------------------------------------------------------- passwords
+
+
+def _creds_config(tmp_path: Path) -> Path:
+    (tmp_path / "alice.pw").write_text("from-config-folder\n")
+    return write(tmp_path, ACCOUNTS, password=False)
+
+
+def test_password_file_prefers_credentials_directory(tmp_path: Path) -> None:
+    p = _creds_config(tmp_path)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "alice.pw").write_text("from-credentials\n")
+    cfg = load_config(p, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.accounts[0].smtp.password.reveal() == "from-credentials"  # type: ignore[union-attr]
+
+
+def test_password_file_falls_back_to_config_folder(tmp_path: Path) -> None:
+    p = _creds_config(tmp_path)
+    creds = tmp_path / "creds"
+    creds.mkdir()  # empty: the credential is not there
+    cfg = load_config(p, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.accounts[0].smtp.password.reveal() == "from-config-folder"  # type: ignore[union-attr]
+    cfg = load_config(p, env={})
+    assert cfg.accounts[0].smtp.password.reveal() == "from-config-folder"  # type: ignore[union-attr]
+
+
+def test_password_env(tmp_path: Path) -> None:
+    text = ACCOUNTS.replace('password_file = "alice.pw" }\n\n', 'password_env = "ALICE_PW" }\n\n')
+    p = write(tmp_path, text)
+    cfg = load_config(p, env={"ALICE_PW": "env-secret"})
+    assert cfg.accounts[0].smtp.password.reveal() == "env-secret"  # type: ignore[union-attr]
+    msg = one_with(problems(p, env={}), "accounts[0].smtp.password_env", "ALICE_PW", "not set")
+    assert "env-secret" not in msg
+
+
+def test_two_password_sources_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n',
+                                         'password_file = "alice.pw", password_env = "X" }\n\n'))
+    one_with(problems(p, env={"X": "y"}), "accounts[0].smtp", "password_file and password_env")
+
+
+def test_password_never_in_repr_or_error(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS)
+    cfg = load_config(p, env={})
+    assert PASSWORD in list(cfg.secrets())
+    assert PASSWORD not in repr(cfg) and PASSWORD not in str(cfg)
+    assert PASSWORD not in repr(cfg.accounts[0].smtp)
+    # Broken configs: the secret comes from a file, the environment or inline.
+    broken = ACCOUNTS.replace("port = 587", 'port = "587"').replace(
+        'password_file = "alice.pw" }\n\n', f'password = "{PASSWORD}", pasword = "{PASSWORD}" }}\n\n')
+    p = write(tmp_path, '[defaults]\nmin_gapp = "4m"\n' + broken)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, env={"PW": PASSWORD})
+    assert len(ei.value.problems) >= 3
+    assert PASSWORD not in str(ei.value) and PASSWORD not in repr(ei.value)
+
+
+# ---------------------------------------------------------------- systemd directories and the socket
+
+
+def test_state_and_runtime_directory_override(tmp_path: Path) -> None:
+    p = write(tmp_path, '[daemon]\nstate_dir = "mine"\n' + ACCOUNTS)
+    cfg = load_config(p, env={"STATE_DIRECTORY": "/var/lib/warmupd"})
+    assert cfg.daemon.state_dir == Path("/var/lib/warmupd")
+    assert cfg.daemon.database == Path("/var/lib/warmupd/warmupd.db")
+    assert cfg.daemon.socket == Path("/var/lib/warmupd/warmupd.sock")
+    cfg = load_config(p, env={"STATE_DIRECTORY": "/var/lib/warmupd:/var/lib/other",
+                              "RUNTIME_DIRECTORY": "/run/warmupd"})
+    assert cfg.daemon.state_dir == Path("/var/lib/warmupd")
+    assert cfg.daemon.socket == Path("/run/warmupd/warmupd.sock")
+    cfg = load_config(p, env={})
+    assert cfg.daemon.state_dir == (tmp_path / "mine").resolve()
+
+
+def test_read_socket_path_despite_syntax_error(tmp_path: Path) -> None:
+    p = write(tmp_path, '[daemon]\nsocket = "run/w.sock"\n' + ACCOUNTS + "broken = = =\n")
+    problems(p)  # the file does not load ...
+    assert read_socket_path(p) == (tmp_path / "run" / "w.sock").resolve()  # ... the socket is found
+    p = write(tmp_path, '[daemon]\nstate_dir = "st"\n' + ACCOUNTS + "[[[\n")
+    assert read_socket_path(p) == (tmp_path / "st" / "warmupd.sock").resolve()
+    p = write(tmp_path, '[daemon]\nsocket = "x.sock"\n' + ACCOUNTS)
+    assert read_socket_path(p) == load_config(p, env={}).daemon.socket

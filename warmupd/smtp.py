@@ -1,0 +1,139 @@
+"""Build a warmup message, send it over SMTP, classify the outcome.
+
+The session is opened ahead of the planned instant (connect, EHLO, STARTTLS,
+AUTH) and MAIL FROM is issued at the instant itself, so the server sees the
+send at its jittered moment and not a connection set-up later.
+
+Outcome rules (the state machine in daemon.py acts on them):
+
+* no reply yet, or a 4xx reply, a refused/reset connection or a timeout
+  before the DATA mark: the message cannot have been delivered -> RETRY;
+* a 5xx reply at any step -> FAILED (535 at AUTH also pauses the account);
+* a 4xx/5xx reply to the end of DATA: the server answered, so it did not
+  take the message -> RETRY / FAILED;
+* a timeout or a dropped connection after the DATA mark: the server may
+  have the message -> UNCERTAIN, never resent automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import format_datetime
+
+import aiosmtplib
+
+from .calendar import zone
+from .config import Account, Server
+from .templates import compose
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    reply: str  # the server's reply, or what went wrong, one line
+    code: int | None = None
+    auth_failed: bool = False
+    mail_from_at: float | None = None  # when MAIL FROM was written
+
+
+def build_message(account: Account, recipient: str, message_id: str, send_id: int, at: float,
+                  rng: random.Random, *, subject: str | None = None, body: str | None = None,
+                  in_reply_to: str | None = None, references: str | None = None) -> bytes:
+    """The RFC 5322 message: plain text, no links, no images, no tracking."""
+    if subject is None or body is None:
+        subject, body = compose(rng, account.email, recipient, account.templates)
+    if account.tag and not subject.startswith(account.tag):
+        subject = f"{account.tag} {subject}"
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["From"] = account.email
+    msg["To"] = recipient
+    msg["Subject"] = subject
+    # The Date a person's mail client would write: the sender's local time.
+    msg["Date"] = format_datetime(datetime.fromtimestamp(at, zone(account.timezone)))
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = references or in_reply_to
+    msg["X-Warmup-Id"] = str(send_id)
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def _reply_text(code: int | None, message: str) -> str:
+    text = " ".join(str(message).split())
+    return f"{code} {text}" if code else text
+
+
+async def _sleep_until(at: float, now: Callable[[], float]) -> None:
+    # Never early: the loop's timers may round down by up to a millisecond.
+    while True:
+        delay = at - now()
+        if delay <= 0:
+            return
+        await asyncio.sleep(delay if delay > 0.002 else 0.0005)
+
+
+async def deliver(server: Server, sender: str, recipient: str, message: bytes, *, at: float,
+                  on_data_mark: Callable[[], Awaitable[None]],
+                  now: Callable[[], float] = time.time,
+                  tls_context: ssl.SSLContext | None = None) -> Result:
+    """One SMTP transaction; MAIL FROM at ``at``. Never raises for mail errors."""
+    client = aiosmtplib.SMTP(
+        hostname=server.host, port=server.port, timeout=server.timeout,
+        use_tls=server.security == "tls",
+        start_tls=True if server.security == "starttls" else False,
+        tls_context=tls_context,
+    )
+    marked = False
+    mail_from_at: float | None = None
+    try:
+        await client.connect()
+        if server.password is not None:
+            await client.login(server.username, server.password.reveal())
+        await _sleep_until(at, now)
+        mail_from_at = now()
+        await client.mail(sender)
+        await client.rcpt(recipient)
+        # The DATA mark: from here on the server may end up with the message.
+        await on_data_mark()
+        marked = True
+        code, text = await client.data(message)
+        try:
+            await asyncio.wait_for(client.quit(), timeout=min(5.0, server.timeout))
+        except Exception:  # the message is in; a failed QUIT changes nothing
+            client.close()
+        return Result(Outcome.SENT, _reply_text(code, text), code, mail_from_at=mail_from_at)
+    except aiosmtplib.SMTPAuthenticationError as e:
+        client.close()
+        outcome = Outcome.RETRY if 400 <= e.code < 500 else Outcome.FAILED
+        return Result(outcome, _reply_text(e.code, e.message), e.code,
+                      auth_failed=e.code == 535 or (500 <= e.code < 600), mail_from_at=mail_from_at)
+    except aiosmtplib.SMTPResponseException as e:
+        client.close()
+        outcome = Outcome.RETRY if 400 <= e.code < 500 else Outcome.FAILED
+        return Result(outcome, _reply_text(e.code, e.message), e.code, mail_from_at=mail_from_at)
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+        client.close()
+        what = _reply_text(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        if marked:
+            return Result(Outcome.UNCERTAIN, f"after DATA: {what}", mail_from_at=mail_from_at)
+        return Result(Outcome.RETRY, what, mail_from_at=mail_from_at)
+    except asyncio.CancelledError:
+        client.close()
+        raise

@@ -13,6 +13,7 @@ Local wall-clock times are mapped to instants with two rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -43,7 +44,9 @@ def _transition(tz: ZoneInfo, lo: float, hi: float) -> float:
             lo = mid
         else:
             hi = mid
-    return float(round(hi))
+    # lo < T <= hi < lo + 1 and transitions fall on whole seconds: floor(hi) is T.
+    # (round() could give T + 1, where the offset no longer changes.)
+    return float(math.floor(hi))
 
 
 def local_to_utc(tz: ZoneInfo, local: datetime) -> float:

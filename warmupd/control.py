@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import socket
@@ -56,8 +55,12 @@ class ControlError(Exception):
     """A user-facing error from a command: its message is sent to the client as-is."""
 
 
-class ControlSocketError(OSError):
-    """The control socket could not be set up."""
+class ControlSocketError(Exception):
+    """The control socket path cannot be used (its message is ready for the operator).
+
+    Other failures of ``bind`` (permissions, a missing parent that cannot be created) are
+    raised as the plain ``OSError``.
+    """
 
 
 class SocketInUse(ControlSocketError):
@@ -235,7 +238,6 @@ class ControlServer:
         path = self.path
         if len(os.fsencode(path)) > _MAX_PATH:
             raise ControlSocketError(
-                errno.ENAMETOOLONG,
                 f"control socket path is too long ({len(os.fsencode(path))} bytes, "
                 f"at most {_MAX_PATH}): {path}",
             )
@@ -270,8 +272,7 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise SocketInUse(
-                errno.EEXIST, f"{path} exists and is not a socket: refusing to replace it"
+            raise SocketInUse(f"{path} exists and is not a socket: refusing to replace it"
             )
         loop = asyncio.get_running_loop()
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -285,19 +286,16 @@ class ControlServer:
         except (TimeoutError, BlockingIOError):
             # A listener whose backlog is full: alive, just busy.
             raise SocketInUse(
-                errno.EADDRINUSE,
                 f"{path} is in use by a running warmupd (another daemon on the same state?): "
                 "stop it first",
             ) from None
         except OSError as e:
             raise SocketInUse(
-                e.errno or errno.EADDRINUSE,
                 f"{path} exists and cannot be checked ({e.strerror or e}): "
                 "remove it if no warmupd is running",
             ) from None
         else:
             raise SocketInUse(
-                errno.EADDRINUSE,
                 f"{path} is in use by a running warmupd (another daemon on the same state?): "
                 "stop it first",
             )

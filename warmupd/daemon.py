@@ -153,6 +153,7 @@ class Daemon:
         self._last_cleanup = 0.0
         self._lock_fd: int | None = None
         self._reload_lock = asyncio.Lock()
+        self.engagement: Any = None  # imap.Engagement when any account has imap
 
     # ------------------------------------------------------------ helpers
 
@@ -205,6 +206,11 @@ class Daemon:
         self.states = await self.store.account_states()
         await self._recover()
         await self._plan_missing()
+        if any(a.imap is not None for a in self.config.accounts):
+            from .imap import Engagement  # IMAP engagement: watch, place, act
+
+            self.engagement = Engagement(self)
+            await self.engagement.start()
         for tz in {a.timezone for a in self.config.accounts}:
             self._arm_rollover(tz)
         self._arm()
@@ -427,9 +433,8 @@ class Daemon:
         self._arm()
 
     async def _fire_action(self, ident: int, due_ms: int) -> None:  # engagement (imap.py)
-        handler = getattr(self, "engagement", None)
-        if handler is not None:
-            await handler.fire(ident, due_ms)
+        if self.engagement is not None:
+            await self.engagement.fire(ident, due_ms)
 
     # ------------------------------------------------------------ sending
 
@@ -482,7 +487,10 @@ class Daemon:
     async def _send(self, account: Account, row: SendRow, instant: float) -> None:
         assert account.smtp is not None
         await self._transition(row, "sending", attempts=row.attempts + 1)
-        message = build_message(account, row.recipient, row.message_id, row.id, instant, self.rng)
+        if row.kind == "reply" and self.engagement is not None:
+            message = await self.engagement.build_reply(account, row, instant)
+        else:
+            message = build_message(account, row.recipient, row.message_id, row.id, instant, self.rng)
 
         async def data_mark() -> None:
             row.data_mark = 1
@@ -596,15 +604,266 @@ class Daemon:
                 tzc[s] = tzc.get(s, 0) + n
         return out
 
+    # ------------------------------------------------------------ reload (SIGHUP)
+
+    def on_sighup(self) -> None:
+        if not self._stopping:
+            self._spawn(self.reload())
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config; apply the difference, or keep running on the old one."""
+        async with self._reload_lock:
+            if self.notifier is not None:
+                self.notifier.reloading("reloading config")
+            self.metrics.reloads += 1
+            try:
+                new = load_config(self.config.path)
+            except ConfigError as e:
+                self.metrics.reload_failures += 1
+                self.last_reload_error = f"{len(e.problems)} problem(s): " + "; ".join(e.problems)
+                for p in e.problems:
+                    self.log.error("reload rejected", problem=p, config=str(self.config.path))
+                self.log.error("reload failed; still running on the previous config",
+                               problems=len(e.problems))
+                if self.notifier is not None:
+                    self.notifier.ready(f"reload failed ({len(e.problems)} problems); "
+                                        f"running on the previous config; {self.status_line()}")
+                return {"ok": False, "errors": e.problems, "changes": []}
+            changes = await self._apply(new)
+            self.last_reload_error = None
+            self.config_loaded_at = time.time()
+            if self.notifier is not None:
+                self.notifier.ready(self.status_line())
+            self.log.info("reloaded", changes=changes, config=str(new.path))
+            return {"ok": True, "errors": [], "changes": changes}
+
+    async def _apply(self, new: Config) -> list[str]:
+        old = self.config
+        changes: list[str] = []
+        for key in ("state_dir", "socket"):
+            if getattr(old.daemon, key) != getattr(new.daemon, key):
+                msg = f"daemon.{key} changed: needs a restart to take effect"
+                changes.append(msg)
+                self.log.warning("restart needed", setting=f"daemon.{key}")
+        # Settings that cannot change while running keep their old values.
+        from dataclasses import replace
+
+        daemon_settings = replace(new.daemon, state_dir=old.daemon.state_dir, socket=old.daemon.socket)
+        new = replace(new, daemon=daemon_settings)
+        for secret in new.secrets():
+            register_secret(secret)
+        if (old.daemon.log_format, old.daemon.log_level) != (new.daemon.log_format, new.daemon.log_level):
+            configure_logging(new.daemon.log_format, new.daemon.log_level)
+            changes.append(f"logging: {new.daemon.log_format}/{new.daemon.log_level}")
+        old_by = {a.email: a for a in old.accounts}
+        new_by = {a.email: a for a in new.accounts}
+        self.config = new
+        self.pool = Pool(list(new_by))
+        if new.daemon.max_concurrent_sends != old.daemon.max_concurrent_sends:
+            self._sem = asyncio.Semaphore(new.daemon.max_concurrent_sends)
+        assert self.store is not None
+        for email in old_by.keys() - new_by.keys():
+            a = old_by[email]
+            today = local_date(a.timezone, self.now())
+            ids = await self.store.skip_pending(email, "removed: account no longer in config",
+                                                [today.isoformat(), (today + timedelta(days=1)).isoformat()])
+            for i in ids:
+                self.heap.cancel(i)
+            changes.append(f"removed {email} ({len(ids)} pending sends skipped)")
+        added = [new_by[e] for e in sorted(new_by.keys() - old_by.keys())]
+        if added:
+            await self._plan_missing(added)
+            changes.extend(f"added {a.email}" for a in added)
+        for email in sorted(new_by.keys() & old_by.keys()):
+            a, b = old_by[email], new_by[email]
+            if (a.schedule, a.start_date, a.engagement, a.imap is None) != \
+                    (b.schedule, b.start_date, b.engagement, b.imap is None):
+                st = self.states.get(email)
+                if st and st.paused_reason:
+                    changes.append(f"{email}: schedule changed (paused: plans on resume)")
+                    continue
+                today = local_date(b.timezone, self.now())
+                ids = await self.store.skip_pending(email, "replanned after a config change", [today.isoformat()])
+                for i in ids:
+                    self.heap.cancel(i)
+                await self._replan_rest_of_today(b)
+                changes.append(f"{email}: schedule changed, rest of today re-planned")
+            elif a != b:
+                changes.append(f"{email}: settings changed, apply from the next send")
+        for tz in {a.timezone for a in new.accounts} - set(self._rollovers):
+            self._arm_rollover(tz)
+        self._arm()
+        return changes
+
+    # ------------------------------------------------------------ the control socket
+
+    def _account_or_error(self, email: str) -> Account:
+        account = self.config.account(email)
+        if account is None:
+            from .control import ControlError
+
+            raise ControlError(f"no account {email!r}; warmupctl accounts lists them")
+        return account
+
+    async def cmd_version(self) -> dict[str, Any]:
+        import platform
+
+        assert self.store is not None
+        return {"version": __version__, "python": platform.python_version(),
+                "loop": type(self.loop).__module__.split(".")[0],
+                "schema_version": await self.store.schema_version()}
+
+    async def cmd_status(self) -> dict[str, Any]:
+        tzc = await self.timezone_counts()
+        today: dict[str, int] = {s: 0 for s in ("pending", "sending", "sent", "failed", "skipped", "uncertain")}
+        for counts in tzc.values():
+            for k, v in counts.items():
+                today[k] = today.get(k, 0) + v
+        paused = [{"email": e, "reason": st.paused_reason} for e, st in sorted(self.states.items())
+                  if st.paused_reason and self.config.account(e)]
+        holds = [{"email": e, "until": st.hold_until, "reason": st.hold_reason}
+                 for e, st in sorted(self.states.items())
+                 if st.hold_until and self.config.account(e)
+                 and st.hold_until > local_date(self.config.account(e).timezone, self.now()).isoformat()]  # type: ignore[union-attr]
+        out: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.metrics.started, 3),
+            "config_path": str(self.config.path),
+            "config_loaded_at": iso_utc(self.config_loaded_at),
+            "last_reload_error": self.last_reload_error,
+            "accounts": {"active": len(self.config.accounts) - len(paused), "paused": len(paused),
+                         "paused_list": paused},
+            "today": today,
+            "pending_timers": len(self.heap),
+            "next_send": await self._next_send(),
+            "timezones": tzc,
+            "loop_lag_ms": round(self.metrics.loop_lag * 1000, 3),
+            "holds": holds,
+        }
+        if self.engagement is not None and hasattr(self.engagement, "totals_today"):
+            out["engagement_today"] = self.engagement.totals_today()
+        return out
+
+    async def _next_send(self) -> dict[str, Any] | None:
+        assert self.store is not None
+        for due_ms, kind, ident in self.heap.peek(8):
+            if kind != SEND:
+                continue
+            row = await self.store.get_send(ident)
+            if row is None:
+                continue
+            account = self.config.account(row.account)
+            tz = account.timezone if account else "UTC"
+            return {"account": row.account, "send_id": ident, "at": iso_local(tz, due_ms / 1000),
+                    "at_utc": iso_utc(due_ms / 1000), "timezone": tz}
+        return None
+
+    async def cmd_accounts(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        out = []
+        for a in self.config.accounts:
+            day = self.today(a)
+            st = self.states.get(a.email)
+            wday = st.warmup_day if st else projected_warmup_day(a, day)
+            counts = (await self.store.day_counts([(a.email, day.isoformat())])).get(a.email, {})
+            from .calendar import why_not_sending
+
+            item: dict[str, Any] = {
+                "email": a.email, "timezone": a.timezone, "warmup_day": wday,
+                "target_today": day_target(a, wday) if why_not_sending(a, day) is None else 0,
+                "sent_today": counts.get("sent", 0), "pending_today": counts.get("pending", 0),
+                "paused": st.paused_reason if st else None,
+                "hold": ({"until": st.hold_until, "reason": st.hold_reason}
+                         if st and st.hold_until and st.hold_until > day.isoformat() else None),
+                "imap": a.imap is not None,
+            }
+            if self.engagement is not None and a.imap is not None:
+                item["engagement_today"] = self.engagement.today(a.email)
+            out.append(item)
+        return out
+
+    async def cmd_schedule(self, account: str, date_: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        assert self.store is not None
+        from .control import ControlError
+
+        a = self._account_or_error(account)
+        date_ = date_ or kw.get("date")
+        if date_:
+            try:
+                day = date.fromisoformat(date_)
+            except ValueError:
+                raise ControlError(f"date must be YYYY-MM-DD, got {date_!r}") from None
+        else:
+            day = self.today(a)
+        rows = await self.store.day_rows(a.email, day.isoformat())
+        return [{"id": r.id, "at": iso_local(a.timezone, r.at_ms / 1000), "at_utc": iso_utc(r.at_ms / 1000),
+                 "period": r.period, "recipient": r.recipient, "message_id": r.message_id,
+                 "kind": r.kind, "status": r.status, "attempts": r.attempts,
+                 "reason": r.reason if r.status == "skipped" else (r.last_error if r.status in ("failed", "uncertain") else None),
+                 "last_error": r.last_error,
+                 "retry_at": iso_utc(r.retry_at_ms / 1000) if r.retry_at_ms else None,
+                 "sent_at": iso_utc(r.sent_at_ms / 1000) if r.sent_at_ms else None} for r in rows]
+
+    async def cmd_pause(self, account: str, reason: str | None = None) -> dict[str, Any]:
+        self._account_or_error(account)
+        return await self.pause(account, reason)
+
+    async def cmd_resume(self, account: str) -> dict[str, Any]:
+        self._account_or_error(account)
+        return await self.resume(account)
+
+    async def cmd_reload(self) -> dict[str, Any]:
+        return await self.reload()
+
+    async def cmd_metrics(self) -> str:
+        m = self.metrics
+        lines = [
+            "# HELP warmupd_sends_total Send state changes since start, by account and new status.",
+            "# TYPE warmupd_sends_total counter",
+        ]
+        for (account, status), n in sorted(m.transitions.items()):
+            lines.append(f'warmupd_sends_total{{account="{account}",status="{status}"}} {n}')
+        lines += ["# HELP warmupd_send_lateness_seconds MAIL FROM time minus the planned instant.",
+                  "# TYPE warmupd_send_lateness_seconds histogram"]
+        counts = m.lateness_counts or [0] * len(m.lateness_buckets)
+        for b, c in zip(m.lateness_buckets, counts, strict=True):
+            lines.append(f'warmupd_send_lateness_seconds_bucket{{le="{b}"}} {c}')
+        lines += [f'warmupd_send_lateness_seconds_bucket{{le="+Inf"}} {m.lateness_n}',
+                  f"warmupd_send_lateness_seconds_sum {m.lateness_sum:.6f}",
+                  f"warmupd_send_lateness_seconds_count {m.lateness_n}",
+                  "# HELP warmupd_pending_timers Timers held in memory.",
+                  "# TYPE warmupd_pending_timers gauge",
+                  f"warmupd_pending_timers {len(self.heap)}",
+                  "# HELP warmupd_loop_lag_seconds Event loop lag, last sample.",
+                  "# TYPE warmupd_loop_lag_seconds gauge",
+                  f"warmupd_loop_lag_seconds {m.loop_lag:.6f}",
+                  "# HELP warmupd_reloads_total Config reloads attempted.",
+                  "# TYPE warmupd_reloads_total counter",
+                  f"warmupd_reloads_total {m.reloads}",
+                  "# HELP warmupd_reload_failures_total Config reloads rejected.",
+                  "# TYPE warmupd_reload_failures_total counter",
+                  f"warmupd_reload_failures_total {m.reload_failures}",
+                  "# HELP warmupd_accounts_paused Accounts paused now.",
+                  "# TYPE warmupd_accounts_paused gauge",
+                  f"warmupd_accounts_paused {sum(1 for st in self.states.values() if st.paused_reason)}"]
+        if self.engagement is not None and hasattr(self.engagement, "metrics_lines"):
+            lines += self.engagement.metrics_lines()
+        return "\n".join(lines) + "\n"
+
     # ------------------------------------------------------------ loop health
 
     async def _lag_monitor(self) -> None:
         interval = 0.5
         loop = self.loop
+        ticks = 0
         while not self._stopping:
             t0 = loop.time()
             await asyncio.sleep(interval)
             self.metrics.loop_lag = max(0.0, loop.time() - t0 - interval)
+            ticks += 1
+            if ticks % 10 == 0 and self.notifier is not None and not self._reload_lock.locked():
+                self.notifier.status(self.status_line())
 
     # ------------------------------------------------------------ stop
 
@@ -634,6 +893,8 @@ class Daemon:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.engagement is not None:
+            await self.engagement.stop()
         if self.control is not None:
             await self.control.close()
         if self.store is not None:

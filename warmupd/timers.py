@@ -70,5 +70,16 @@ class TimerHeap:
             self._live.discard(tag)
             out.append((key >> 41, tag >> _ID_BITS, tag & _ID_MASK))
 
+    def peek(self, n: int) -> list[tuple[int, int, int]]:
+        """Up to ``n`` earliest live timers (due_ms, kind, id), without removing them."""
+        out = []
+        for key in heapq.nsmallest(n + len(self._cancelled), self._heap) if self._cancelled else heapq.nsmallest(n, self._heap):
+            tag = key & ((1 << 41) - 1)
+            if tag in self._live:
+                out.append((key >> 41, tag >> _ID_BITS, tag & _ID_MASK))
+                if len(out) == n:
+                    break
+        return out
+
     def ids(self, kind: int = SEND) -> set[int]:
         return {t & _ID_MASK for t in self._live if t >> _ID_BITS == kind}

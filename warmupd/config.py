@@ -529,15 +529,14 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | N
 
 
 def period_capacity(windows_minutes: list[tuple[float, float]], gap: float) -> int:
-    """How many sends at least ``gap`` seconds apart fit in these [start, end) spans (seconds)."""
+    """How many sends at least ``gap`` seconds apart the planner places in these [start, end)
+    spans (seconds). It lays the spans end to end and keeps gap + 1 ms between draws
+    (``planner._place``), so this counts the same way: a send cannot sit on a window's
+    end, and a span shorter than the gap adds no room of its own."""
     if gap <= 0:
         return 1 << 30
-    total = 0
-    for s, e in windows_minutes:
-        length = e - s
-        if length > 0:
-            total += int(length // gap) + 1
-    return total
+    total = sum(e - s for s, e in windows_minutes if e > s)
+    return int(total // (gap + 0.001)) + 1 if total > 0 else 0
 
 
 def split_by_weight(total: int, weights: list[float]) -> list[int]:

@@ -222,7 +222,8 @@ def render_status(r: dict[str, Any]) -> str:
             for h in holds:
                 if isinstance(h, dict):
                     who = h.get("account") or h.get("email")
-                    rest = ", ".join(f"{k} {_s(v)}" for k, v in h.items()
+                    rest = ", ".join(f"{k} {_when(v) if k in ('until', 'at') else _s(v)}"
+                                     for k, v in h.items()
                                      if k not in ("account", "email", "reason"))
                     reason = h.get("reason")
                     lines.append(f"{'':<13}  {_s(who)}" + (f" ({rest})" if rest else "")

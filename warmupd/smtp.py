@@ -128,7 +128,7 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         client.close()
         outcome = Outcome.RETRY if 400 <= e.code < 500 else Outcome.FAILED
         return Result(outcome, _reply_text(e.code, e.message), e.code, mail_from_at=mail_from_at)
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
         client.close()
         what = _reply_text(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         if marked:

@@ -516,3 +516,44 @@ async def test_too_long_path(sock_dir: Path, handler: FakeHandler) -> None:
 async def test_parent_directory_is_created(sock_dir: Path, handler: FakeHandler) -> None:
     async with ControlServer(sock_dir / "run" / "s", handler) as srv:
         assert (await ask(srv.path, {"cmd": "version"}))["ok"] is True
+
+
+async def test_flood_is_capped_and_loop_stays_responsive(
+    sock_dir: Path, handler: FakeHandler
+) -> None:
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:  # stands in for the daemon's timers
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.005)
+            lags.append(time.monotonic() - t - 0.005)
+
+    async with ControlServer(sock_dir / "s", handler, max_clients=8, idle_timeout=1) as srv:
+        ticker = asyncio.create_task(probe())
+        # (100: below the listen backlog, or asyncio's own unix connect misbehaves)
+        conns = await asyncio.gather(
+            *(asyncio.open_unix_connection(os.fspath(srv.path)) for _ in range(100))
+        )
+        assert srv.active_clients <= 8
+        # 8 are served (and dropped as idle after 1 s), the other 92 refused at once.
+        first = await asyncio.gather(*(asyncio.wait_for(r.readline(), 5) for r, _w in conns))
+        refused = [x for x in first if x]
+        assert len(refused) == 92 and first.count(b"") == 8
+        assert all(json.loads(x)["error"] == "too many control connections (max 8)"
+                   for x in refused)
+        before = len(lags)
+        for _r, w in conns:
+            w.close()
+        await asyncio.sleep(0.05)
+        # One client pipelining a burst is served, but not in one go.
+        reader, writer = await asyncio.open_unix_connection(os.fspath(srv.path))
+        writer.write(b'{"cmd": "version"}\n' * 2000)
+        replies = [await asyncio.wait_for(reader.readline(), 5) for _ in range(2000)]
+        assert all(json.loads(x)["ok"] for x in replies)
+        writer.close()
+        stop.set()
+        await ticker
+    assert len(lags) > before
+    assert max(lags) < 0.5

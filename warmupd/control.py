@@ -272,8 +272,7 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise SocketInUse(f"{path} exists and is not a socket: refusing to replace it"
-            )
+            raise SocketInUse(f"{path} exists and is not a socket: refusing to replace it")
         loop = asyncio.get_running_loop()
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.setblocking(False)

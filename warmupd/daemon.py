@@ -153,6 +153,7 @@ class Daemon:
         self._last_cleanup = 0.0
         self._lock_fd: int | None = None
         self._reload_lock = asyncio.Lock()
+        self._background: list[asyncio.Task[Any]] = []  # lag monitor, watchdog: cancelled at stop
         self.engagement: Any = None  # imap.Engagement when any account has imap
 
     # ------------------------------------------------------------ helpers
@@ -214,13 +215,14 @@ class Daemon:
         for tz in {a.timezone for a in self.config.accounts}:
             self._arm_rollover(tz)
         self._arm()
-        self._spawn(self._lag_monitor())
+        self._background.append(self._spawn(self._lag_monitor()))
         if self.notifier is not None:
             from .notify import watchdog_loop
 
             interval = self.notifier.watchdog_interval()
             if interval:
-                self._spawn(watchdog_loop(self.notifier, lambda: self.metrics.loop_lag < interval / 2))
+                self._background.append(self._spawn(
+                    watchdog_loop(self.notifier, lambda: self.metrics.loop_lag < interval / 2)))
             self.notifier.ready(self.status_line())
         nxt = self._next_send_info()
         self.log.info("ready", pending_timers=len(self.heap), accounts=len(self.config.accounts),
@@ -228,15 +230,18 @@ class Daemon:
                       socket=str(self.config.daemon.socket))
 
     async def _start_control(self) -> None:
-        try:
-            from .control import ControlServer, SocketInUse
-        except ImportError:  # control socket not built yet
-            return
+        from .control import ControlServer, ControlSocketError, SocketInUse
+
         self.control = ControlServer(self.config.daemon.socket, self)
         try:
             await self.control.start()
         except SocketInUse as e:
+            self.control = None
             raise DaemonError(EX_TEMPFAIL, str(e)) from None
+        except (ControlSocketError, OSError) as e:
+            self.control = None
+            raise DaemonError(EX_CANTCREAT, f"cannot open the control socket "
+                                            f"{self.config.daemon.socket}: {e}") from None
 
     async def _recover(self) -> None:
         """Settle what a crash or a stop left behind."""
@@ -885,7 +890,11 @@ class Daemon:
         for h in self._rollovers.values():
             h.cancel()
         current = asyncio.current_task()
-        inflight = [t for t in self._tasks if t is not current]
+        # Background loops never finish by themselves: waiting for them would hold the stop
+        # for shutdown_timeout (and keep pinging WATCHDOG=1 after STOPPING=1).
+        for t in self._background:
+            t.cancel()
+        inflight = [t for t in self._tasks if t is not current and t not in self._background]
         self.log.info("stopping", in_flight=len(inflight))
         if inflight:
             done, pending = await asyncio.wait(inflight, timeout=self.config.daemon.shutdown_timeout)

@@ -46,6 +46,14 @@ class PlannedSend:
         return datetime.fromtimestamp(self.at, UTC)
 
 
+# Bulk construction for plan_day: the object PlannedSend(...) makes, slots set directly.
+_new_send = object.__new__
+_set_at = PlannedSend.at.__set__  # type: ignore[attr-defined]
+_set_period = PlannedSend.period.__set__  # type: ignore[attr-defined]
+_set_recipient = PlannedSend.recipient.__set__  # type: ignore[attr-defined]
+_set_message_id = PlannedSend.message_id.__set__  # type: ignore[attr-defined]
+
+
 def day_target(account: Account, warmup_day: int) -> int:
     """The ramp's sends (new sends plus replies) for a warmup day."""
     return account.schedule.ramp.target(warmup_day)
@@ -102,7 +110,7 @@ def _place(rng: random.Random, spans: list[Span], n: int, gap: float) -> list[tu
         n -= 1
         free = total - (n - 1) * step
     rnd = rng.random
-    draws = sorted(rnd() * free for _ in range(n))
+    draws = sorted([rnd() * free for _ in range(n)])
     out: list[tuple[float, float, float]] = []
     idx = 0
     s, e = spans[0]
@@ -140,25 +148,32 @@ def plan_times(account: Account, day: date, count: int, rng: random.Random,
     jit, micro = sched.jitter, sched.micro_jitter
     rnd = rng.random
     out: list[tuple[float, str]] = []
+    append = out.append
     prev = float("-inf")
-    n = len(placed)
-    for i in range(n):
-        t, s, e, name = placed[i]
-        nxt = placed[i + 1][0] if i + 1 < n else float("inf")
-        for j in (jit, 0.0):
-            prop = t + (2 * rnd() - 1) * j + (2 * rnd() - 1) * micro
-            prop = round(prop, 3)
+    # Each send's right-hand neighbour is the next placed (unjittered) instant.
+    nexts = [p[0] for p in placed]
+    nexts.append(float("inf"))
+    for (t, s, e, name), nxt in zip(placed, nexts[1:], strict=True):
+        # Full jitter first, then micro jitter alone (the same draws a loop over
+        # (jit, 0.0) makes), else the instant as placed.
+        prop = round(t + (2 * rnd() - 1) * jit + (2 * rnd() - 1) * micro, 3)
+        if s <= prop < e and prop - prev >= gap and nxt - prop >= gap:
+            t = prop
+        else:
+            prop = round(t + (2 * rnd() - 1) * 0.0 + (2 * rnd() - 1) * micro, 3)
             if s <= prop < e and prop - prev >= gap and nxt - prop >= gap:
                 t = prop
-                break
-        else:
-            t = round(t, 3)
-            if t - prev < gap:  # rounding ate the spare millisecond
-                t = round(prev + gap + 0.0005, 3)
-        if t % 60.0 == 0.0:  # never on a whole minute
-            t = t + 0.137 if t + 0.137 < min(e, nxt - gap) else t - 0.137
-        placed[i] = (t, s, e, name)
-        out.append((t, name))
+            else:
+                t = round(t, 3)
+                if t - prev < gap:  # rounding ate the spare millisecond
+                    t = round(prev + gap + 0.0005, 3)
+        if t % 60.0 == 0.0:  # never on a whole minute, but not at a constraint's cost
+            for d in (0.137, -0.137, 0.001, -0.001):
+                u = round(t + d, 3)
+                if max(s, prev + gap) <= u < e and u <= nxt - gap:
+                    t = u
+                    break
+        append((t, name))
         prev = t
     return out
 
@@ -204,6 +219,8 @@ def recipients_for(sender_index: int, count: int, pool: Sequence[str], extras: S
     m = base + len(extras)
     if m == 0:
         return []
+    if not extras:  # the common case: the walk alone (rank == position in the cycle)
+        return [pool[(sender_index + offsets[(start + k) % base]) % n] for k in range(count)]
     # Extras sit at even intervals of the cycle so they are not all at its end.
     extra_at: dict[int, str] = {}
     if extras:
@@ -247,8 +264,19 @@ def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
     # Recipients in a random order across the day, so pairs don't follow the clock.
     rng.shuffle(recips)
     domain = account.domain
-    return [PlannedSend(t, name, r, message_id(rng, t, domain))
-            for (t, name), r in zip(times, recips, strict=True)]
+    getrandbits = rng.getrandbits
+    out = []
+    append = out.append
+    for (t, name), r in zip(times, recips, strict=True):
+        # PlannedSend(t, name, r, message_id(rng, t, domain)) with its slots set
+        # directly: the frozen dataclass's __init__ costs twice as much.
+        ps = _new_send(PlannedSend)
+        _set_at(ps, t)
+        _set_period(ps, name)
+        _set_recipient(ps, r)
+        _set_message_id(ps, f"<{int(t * 1000):x}.{getrandbits(64):016x}@{domain}>")
+        append(ps)
+    return out
 
 
 def plan_stats(sends: Sequence[PlannedSend]) -> dict[str, object]:

@@ -122,6 +122,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sends ADD COLUMN in_reply_to INTEGER;   -- for replies: the send replied to
     ALTER TABLE sends ADD COLUMN depth INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: engagement: the texts of planned replies, and at most one action of a kind
+    # per (acting account, message) so that planning them again is harmless
+    """
+    CREATE TABLE reply_texts (
+        send_id     INTEGER PRIMARY KEY,     -- the reply (sends.id, kind 'reply')
+        subject     TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        in_reply_to TEXT NOT NULL,           -- the original's Message-ID
+        refs        TEXT NOT NULL            -- the References header to write
+    );
+    CREATE UNIQUE INDEX actions_once ON actions(account, send_id, kind);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -510,9 +522,10 @@ class Store:
                 "DELETE FROM plan_batches WHERE local_date < ? AND NOT EXISTS (SELECT 1 FROM sends s "
                 "WHERE s.id BETWEEN plan_batches.first_id AND plan_batches.last_id)", (before_date,))
             # Events are appended in time order, so their ids order them by age.
+            # With no event that recent, every event is older: all go.
             await self.conn.execute(
-                "DELETE FROM events WHERE id < coalesce((SELECT min(id) FROM events WHERE at_ms >= ?), 0)",
-                (older_than_ms,))
+                "DELETE FROM events WHERE id < coalesce((SELECT min(id) FROM events WHERE at_ms >= ?), "
+                "(SELECT max(id) + 1 FROM events), 0)", (older_than_ms,))
             await self.conn.execute("COMMIT")
         except BaseException:
             await self.conn.execute("ROLLBACK")
@@ -524,3 +537,214 @@ class Store:
             "SELECT from_status, to_status, detail FROM events WHERE send_id=? ORDER BY id", (send_id,)
         ) as cur:
             return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------ engagement (imap.py)
+
+    async def _atomic(self, fn: Any) -> Any:
+        """Run ``fn(sqlite3_connection)`` as one unit on the store's thread.
+
+        One call on aiosqlite's worker thread, so no other statement of the loop
+        can come in between; a SAVEPOINT (not BEGIN) so that it also works while a
+        grouped commit of ``flush`` holds a transaction open (it then commits with it)."""
+        def run() -> Any:
+            con = self.conn._conn
+            con.execute("SAVEPOINT engagement")
+            try:
+                out = fn(con)
+            except BaseException:
+                con.execute("ROLLBACK TO engagement")
+                con.execute("RELEASE engagement")
+                raise
+            con.execute("RELEASE engagement")
+            return out
+
+        return await self.conn._execute(run)
+
+    async def send_links(self, send_id: int) -> tuple[int | None, int, int] | None:
+        """(in_reply_to, depth, bounced) of a send, None when there is no such send."""
+        async with self.conn.execute(
+            "SELECT in_reply_to, depth, bounced FROM sends WHERE id=?", (send_id,)) as cur:
+            r = await cur.fetchone()
+        return (r[0], int(r[1]), int(r[2])) if r else None
+
+    async def was_received(self, send_id: int, account: str) -> bool:
+        async with self.conn.execute(
+            "SELECT 1 FROM received WHERE send_id=? AND account=?", (send_id, account)) as cur:
+            return await cur.fetchone() is not None
+
+    async def record_received(self, send_id: int, account: str, folder: str, placement: str,
+                              local_date: str, seen_ms: int, delay_ms: int | None, depth: int,
+                              actions: Sequence[tuple[str, int, str | None]]) -> list[ActionRow] | None:
+        """Record where a warmup message landed and plan the receiver's actions on it,
+        together. None when it was recorded before (nothing is planned again)."""
+        stamp = now_ms()
+
+        def fn(con: sqlite3.Connection) -> list[ActionRow] | None:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO received (send_id, account, folder, placement, local_date, "
+                "seen_ms, delay_ms, depth) VALUES (?,?,?,?,?,?,?,?)",
+                (send_id, account, folder, placement, local_date, seen_ms, delay_ms, depth))
+            if cur.rowcount == 0:
+                return None
+            out = []
+            for kind, due_ms, detail in actions:
+                c = con.execute(
+                    "INSERT OR IGNORE INTO actions (account, send_id, kind, due_ms, status, detail, "
+                    "attempts, created_ms, updated_ms) VALUES (?,?,?,?,'pending',?,0,?,?)",
+                    (account, send_id, kind, due_ms, detail, stamp, stamp))
+                if c.rowcount:
+                    out.append(ActionRow(int(c.lastrowid or 0), account, send_id, kind, due_ms,
+                                         "pending", detail, 0, stamp, stamp))
+            return out
+
+        return await self._atomic(fn)
+
+    async def pending_actions(self) -> list[ActionRow]:
+        async with self.conn.execute(
+            f"SELECT {_ACTION_COLS} FROM actions WHERE status='pending' ORDER BY due_ms") as cur:
+            return [ActionRow(*r) for r in await cur.fetchall()]
+
+    async def get_action(self, action_id: int) -> ActionRow | None:
+        async with self.conn.execute(f"SELECT {_ACTION_COLS} FROM actions WHERE id=?", (action_id,)) as cur:
+            r = await cur.fetchone()
+        return ActionRow(*r) if r else None
+
+    async def actions_for(self, send_id: int, account: str | None = None) -> list[ActionRow]:
+        q = f"SELECT {_ACTION_COLS} FROM actions WHERE send_id=?"
+        params: tuple[Any, ...] = (send_id,)
+        if account is not None:
+            q += " AND account=?"
+            params = (send_id, account)
+        async with self.conn.execute(q + " ORDER BY id", params) as cur:
+            return [ActionRow(*r) for r in await cur.fetchall()]
+
+    async def update_action(self, row: ActionRow) -> None:
+        """Persist an action's status, due time, attempts and detail (durably)."""
+        row.updated_ms = now_ms()
+        await self.conn.execute(
+            "UPDATE actions SET status=?, due_ms=?, attempts=?, detail=?, updated_ms=? WHERE id=?",
+            (row.status, row.due_ms, row.attempts, row.detail, row.updated_ms, row.id))
+
+    async def link_reply(self, action_id: int, reply_id: int, in_reply_to: int, depth: int,
+                         subject: str, body: str, original_mid: str, refs: str) -> None:
+        """Tie a planned reply to what it answers and mark its action done, together."""
+        stamp = now_ms()
+
+        def fn(con: sqlite3.Connection) -> None:
+            con.execute("UPDATE sends SET in_reply_to=?, depth=?, kind='reply' WHERE id=?",
+                        (in_reply_to, depth, reply_id))
+            con.execute("INSERT OR REPLACE INTO reply_texts (send_id, subject, body, in_reply_to, refs) "
+                        "VALUES (?,?,?,?,?)", (reply_id, subject, body, original_mid, refs))
+            con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=?",
+                        (f"reply send {reply_id}", stamp, action_id))
+
+        await self._atomic(fn)
+
+    async def reply_text(self, send_id: int) -> tuple[str, str, str, str] | None:
+        """(subject, body, original Message-ID, References) of a planned reply."""
+        async with self.conn.execute(
+            "SELECT subject, body, in_reply_to, refs FROM reply_texts WHERE send_id=?", (send_id,)) as cur:
+            r = await cur.fetchone()
+        return (r[0], r[1], r[2], r[3]) if r else None
+
+    async def mark_bounced(self, send_id: int) -> bool:
+        """Mark a send bounced; False when it was already (or there is no such send)."""
+        cur = await self.conn.execute(
+            "UPDATE sends SET bounced=1, updated_ms=? WHERE id=? AND bounced=0", (now_ms(), send_id))
+        return cur.rowcount > 0
+
+    async def bounce_window(self, account: str, since_date: str, n: int = 50) -> tuple[int, int]:
+        """(bounced, total) over the last ``n`` sends ``account`` made (days from ``since_date``)."""
+        async with self.conn.execute(
+            "SELECT coalesce(sum(bounced), 0), count(*) FROM (SELECT s.bounced FROM plan_batches b "
+            "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id WHERE b.account=? AND "
+            "b.local_date>=? AND s.status IN ('sent', 'uncertain') ORDER BY s.id DESC LIMIT ?)",
+            (account, since_date, n)) as cur:
+            r = await cur.fetchone()
+        return (int(r[0]), int(r[1])) if r else (0, 0)
+
+    async def placement_counts(self, sender: str, local_dates: Sequence[str]) -> dict[str, int]:
+        """{placement: n} of the warmup mail ``sender`` sent on these local dates, as received."""
+        if not local_dates:
+            return {}
+        q = ",".join("?" * len(local_dates))
+        async with self.conn.execute(
+            "SELECT r.placement, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+            "b.first_id AND b.last_id JOIN received r ON r.send_id=s.id WHERE b.account=? AND "
+            f"b.local_date IN ({q}) GROUP BY r.placement", (sender, *local_dates)) as cur:
+            return {r[0]: int(r[1]) for r in await cur.fetchall()}
+
+    async def day_total(self, account: str, local_date: str) -> int:
+        """New sends and replies of a day that count against its target: everything
+        planned except what was skipped or failed before its DATA."""
+        async with self.conn.execute(
+            "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            "WHERE b.account=? AND b.local_date=? AND s.status!='skipped' AND "
+            "NOT (s.status='failed' AND s.data_mark=0)", (account, local_date)) as cur:
+            r = await cur.fetchone()
+        return int(r[0]) if r else 0
+
+    async def skip_ids(self, account: str, ids: Sequence[int], reason: str) -> list[int]:
+        """Mark those of ``ids`` still pending skipped; returns the ones that were."""
+        stamp = now_ms()
+
+        def fn(con: sqlite3.Connection) -> list[int]:
+            done = []
+            for i in ids:
+                cur = con.execute("UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, "
+                                  "updated_ms=? WHERE id=? AND status='pending'", (reason, stamp, i))
+                if cur.rowcount:
+                    done.append(i)
+                    con.execute(_EVENT_SQL, (stamp, i, account, "pending", "skipped", reason))
+            return done
+
+        await self.flush()
+        return list(await self._atomic(fn))
+
+    async def engagement_day(self, account: str, local_date: str, start_ms: int, end_ms: int) -> dict[str, int]:
+        """An account's engagement counts for one local day (bounds in ms for the actions)."""
+        out = {"received": 0, "inbox": 0, "junk": 0, "rescued": 0, "opened": 0, "replied": 0,
+               "bounced": 0, "sends": 0}
+        async with self.conn.execute(
+            "SELECT placement, count(*) FROM received WHERE account=? AND local_date=? GROUP BY placement",
+            (account, local_date)) as cur:
+            for placement, n in await cur.fetchall():
+                out[placement] = out.get(placement, 0) + int(n)
+                out["received"] += int(n)
+        async with self.conn.execute(
+            "SELECT kind, count(*) FROM actions WHERE status='done' AND due_ms>=? AND due_ms<? "
+            "AND account=? GROUP BY kind", (start_ms, end_ms, account)) as cur:
+            for kind, n in await cur.fetchall():
+                if kind == "rescue":
+                    out["rescued"] = int(n)
+                elif kind == "open":
+                    out["opened"] = int(n)
+        async with self.conn.execute(
+            "SELECT coalesce(sum(s.kind='reply' AND s.status IN ('sent', 'sending', 'uncertain')), 0), "
+            "coalesce(sum(s.bounced), 0), coalesce(sum(s.status IN ('sent', 'sending', 'uncertain') "
+            "OR (s.status='failed' AND s.data_mark=1)), 0) FROM plan_batches b JOIN sends s ON s.id "
+            "BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date=?",
+            (account, local_date)) as cur:
+            r = await cur.fetchone()
+        if r:
+            out["replied"], out["bounced"], out["sends"] = int(r[0]), int(r[1]), int(r[2])
+        return out
+
+
+@dataclass(slots=True)
+class ActionRow:
+    """One engagement action (table ``actions``): open, rescue, reply or archive."""
+
+    id: int
+    account: str
+    send_id: int
+    kind: str
+    due_ms: int
+    status: str
+    detail: str | None
+    attempts: int
+    created_ms: int
+    updated_ms: int
+
+
+_ACTION_COLS = ", ".join(f.name for f in fields(ActionRow))

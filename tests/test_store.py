@@ -1,0 +1,333 @@
+"""The state database: migrations, refusing foreign files, plans, transitions, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from warmupd.planner import PlannedSend
+from warmupd.store import (
+    APPLICATION_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    now_ms,
+)
+
+DAY = "2026-03-04"
+BASE = 1_772_614_800.0  # 2026-03-04 09:00 UTC
+
+
+def sends(n: int, *, start: float = BASE, who: str = "b@example.com") -> list[PlannedSend]:
+    return [PlannedSend(start + 300.123 * i, "peak" if i % 2 else "low", who, f"<m{start}-{i}@example.com>")
+            for i in range(n)]
+
+
+def pragma(path: Path, name: str) -> int:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        con.close()
+
+
+def columns(path: Path, table: str) -> set[str]:
+    con = sqlite3.connect(path)
+    try:
+        return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await Store.open(tmp_path / "state" / "warmupd.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# ---------------------------------------------------------------- opening files
+
+
+async def test_fresh_file_migrates_to_latest(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "warmupd.db"
+    s = await Store.open(path)
+    assert await s.schema_version() == SCHEMA_VERSION
+    await s.close()
+    assert pragma(path, "user_version") == SCHEMA_VERSION
+    assert pragma(path, "application_id") == APPLICATION_ID
+    assert {"bounced", "in_reply_to", "depth"} <= columns(path, "sends")
+    # Opening again is a no-op.
+    s = await Store.open(path)
+    assert await s.schema_version() == SCHEMA_VERSION
+    await s.close()
+
+
+async def test_old_file_upgrades_in_place_keeping_rows(tmp_path: Path) -> None:
+    path = tmp_path / "warmupd.db"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[0])
+    con.execute("PRAGMA user_version=1")
+    con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    con.execute("INSERT INTO accounts (email, warmup_day, advanced_through, updated_ms) "
+                "VALUES ('a@example.com', 7, '2026-03-03', 1)")
+    con.execute("INSERT INTO plan_batches VALUES ('a@example.com', '2026-03-03', 1, 1, 7, 14, 1)")
+    con.execute("INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, "
+                "status, created_ms, updated_ms) VALUES (1, 'a@example.com', '2026-03-03', 5, 'peak', "
+                "'b@example.com', '<x@y>', 'sent', 1, 1)")
+    con.commit()
+    con.close()
+    assert "bounced" not in columns(path, "sends")
+
+    s = await Store.open(path)
+    try:
+        assert await s.schema_version() == SCHEMA_VERSION
+        states = await s.account_states()
+        assert states["a@example.com"].warmup_day == 7
+        assert states["a@example.com"].advanced_through == "2026-03-03"
+        rows = await s.day_rows("a@example.com", "2026-03-03")
+        assert [(r.id, r.status, r.message_id) for r in rows] == [(1, "sent", "<x@y>")]
+        # New ids continue after the old ones.
+        keys = await s.insert_plan([("a@example.com", DAY, 8, 16, sends(2))])
+        assert [k[1] for k in keys] == [2, 3]
+    finally:
+        await s.close()
+    assert {"bounced", "in_reply_to", "depth"} <= columns(path, "sends")
+    assert pragma(path, "user_version") == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "warmupd.db"
+    s = await Store.open(path)
+    await s.close()
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 5}")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 5}"):
+        await Store.open(path)
+    assert path.read_bytes() == before
+
+
+async def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE recipes (name TEXT)")
+    con.execute("INSERT INTO recipes VALUES ('soup')")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="another program"):
+        await Store.open(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal/-shm left behind
+
+
+async def test_non_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        await Store.open(path)
+    assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------- plans and reads
+
+
+async def test_insert_plan_round_trip(store: Store) -> None:
+    a_sends, c_sends = sends(5), sends(3, start=BASE + 7, who="a@example.com")
+    keys = await store.insert_plan([
+        ("a@example.com", DAY, 3, 6, a_sends),
+        ("c@example.com", DAY, 1, 2, c_sends),
+        ("a@example.com", "2026-03-05", 4, 8, sends(2, start=BASE + 86400)),
+    ])
+    assert len(keys) == 10 and len({k[1] for k in keys}) == 10
+    rows = await store.day_rows("a@example.com", DAY)
+    assert [r.at_ms for r in rows] == [round(s.at * 1000) for s in a_sends]
+    assert [(r.period, r.recipient, r.message_id) for r in rows] == \
+        [(s.period, s.recipient, s.message_id) for s in a_sends]
+    assert all(r.status == "pending" and r.kind == "new" and r.attempts == 0 for r in rows)
+    assert await store.planned_days([DAY, "2026-03-05", "2026-03-06"]) == {
+        ("a@example.com", DAY), ("c@example.com", DAY), ("a@example.com", "2026-03-05")}
+    due = await store.due_keys([DAY])
+    assert sorted(due) == sorted(k for k in keys if k[1] in {r.id for r in rows} or k[2] == "c@example.com")
+    assert len(due) == 8
+    assert await store.count_sent("a@example.com", DAY) == 0
+    assert await store.day_counts([("a@example.com", DAY), ("c@example.com", DAY)]) == {
+        "a@example.com": {"pending": 5}, "c@example.com": {"pending": 3}}
+    # An empty plan is remembered as planned, with no rows.
+    await store.insert_plan([("d@example.com", DAY, 1, 0, [])])
+    assert ("d@example.com", DAY) in await store.planned_days([DAY])
+    assert await store.day_rows("d@example.com", DAY) == []
+
+
+async def test_commit_send_persists_transition_and_event(tmp_path: Path) -> None:
+    path = tmp_path / "warmupd.db"
+    s = await Store.open(path)
+    await s.insert_plan([("a@example.com", DAY, 1, 3, sends(3))])
+    row = (await s.day_rows("a@example.com", DAY))[0]
+    row.status, row.attempts, row.data_mark = "sending", 1, 1
+    await s.commit_send(row, "pending", "connecting")
+    row.status, row.sent_at_ms, row.smtp_reply = "sent", now_ms(), "250 2.0.0 queued"
+    await s.commit_send(row, "sending", "250 queued")
+    assert await s.count_sent("a@example.com", DAY) == 1
+    assert (await s.day_counts([("a@example.com", DAY)]))["a@example.com"] == {"pending": 2, "sent": 1}
+    assert [k[1] for k in await s.due_keys([DAY])] != [row.id]
+    assert row.id not in [k[1] for k in await s.due_keys([DAY])]
+    await s.close()
+
+    s = await Store.open(path)
+    try:
+        got = await s.get_send(row.id)
+        assert got is not None
+        assert (got.status, got.attempts, got.data_mark, got.smtp_reply) == ("sent", 1, 1, "250 2.0.0 queued")
+        assert await s.event_log(row.id) == [("pending", "sending", "connecting"),
+                                             ("sending", "sent", "250 queued")]
+    finally:
+        await s.close()
+
+
+async def test_failed_after_data_counts_as_sent(store: Store) -> None:
+    await store.insert_plan([("a@example.com", DAY, 1, 3, sends(3))])
+    r1, r2, _ = await store.day_rows("a@example.com", DAY)
+    r1.status, r1.data_mark = "failed", 1  # DATA went out: the message may have been delivered
+    r2.status = "failed"  # refused before DATA: nothing went out
+    await asyncio.gather(store.commit_send(r1, "sending"), store.commit_send(r2, "sending"))
+    assert await store.count_sent("a@example.com", DAY) == 1
+
+
+async def test_retry_moves_the_due_time(store: Store) -> None:
+    await store.insert_plan([("a@example.com", DAY, 1, 1, sends(1))])
+    (row,) = await store.day_rows("a@example.com", DAY)
+    row.retry_at_ms = row.at_ms + 600_000
+    row.attempts = 1
+    await store.commit_send(row, "pending", "421 try later")
+    assert await store.due_keys([DAY]) == [(row.at_ms + 600_000, row.id, "a@example.com")]
+
+
+async def test_skip_pending(store: Store) -> None:
+    await store.insert_plan([("a@example.com", DAY, 1, 4, sends(4)),
+                             ("b@example.com", DAY, 1, 2, sends(2, who="a@example.com"))])
+    rows = await store.day_rows("a@example.com", DAY)
+    rows[0].status = "sent"
+    await store.commit_send(rows[0], "pending")
+    ids = await store.skip_pending("a@example.com", "paused by operator", [DAY])
+    assert sorted(ids) == sorted(r.id for r in rows[1:])
+    after = await store.day_rows("a@example.com", DAY)
+    assert [r.status for r in after] == ["sent", "skipped", "skipped", "skipped"]
+    assert all(r.reason == "paused by operator" for r in after[1:])
+    assert await store.event_log(ids[0]) == [("pending", "skipped", "paused by operator")]
+    # The other account is untouched, and skipped rows are no longer due.
+    assert (await store.day_counts([("b@example.com", DAY)]))["b@example.com"] == {"pending": 2}
+    assert {k[2] for k in await store.due_keys([DAY])} == {"b@example.com"}
+    assert await store.skip_pending("a@example.com", "again", [DAY]) == []
+
+
+async def test_cleanup_deletes_only_finished_rows_of_old_days(store: Store) -> None:
+    old, recent = "2026-01-10", DAY
+    await store.insert_plan([("a@example.com", old, 1, 3, sends(3, start=BASE - 50 * 86400)),
+                             ("a@example.com", recent, 9, 3, sends(3))])
+    old_rows = await store.day_rows("a@example.com", old)
+    new_rows = await store.day_rows("a@example.com", recent)
+    for r, st in zip(old_rows, ["sent", "failed", "pending"], strict=True):
+        r.status = st
+        if st != "pending":
+            await store.commit_send(r, "pending")
+    for r in new_rows[:2]:
+        r.status = "sent"
+        await store.commit_send(r, "pending")
+
+    n = await store.cleanup("2026-02-01", older_than_ms=0)
+    assert n == 2
+    assert [(r.id, r.status) for r in await store.day_rows("a@example.com", old)] == [(old_rows[2].id, "pending")]
+    assert [r.status for r in await store.day_rows("a@example.com", recent)] == ["sent", "sent", "pending"]
+    assert await store.planned_days([old]) == {("a@example.com", old)}  # still has a pending row
+
+    # Once the old day's last row is finished, the whole day goes.
+    last = old_rows[2]
+    last.status = "skipped"
+    await store.commit_send(last, "pending")
+    assert await store.cleanup("2026-02-01", older_than_ms=0) == 1
+    assert await store.day_rows("a@example.com", old) == []
+    assert await store.planned_days([old]) == set()
+    assert len(await store.day_rows("a@example.com", recent)) == 3
+
+
+async def test_cleanup_drops_events_older_than_retention(store: Store) -> None:
+    await store.insert_plan([("a@example.com", DAY, 1, 2, sends(2))])
+    r1, r2 = await store.day_rows("a@example.com", DAY)
+    r1.status = "sent"
+    await store.commit_send(r1, "pending")
+    await asyncio.sleep(0.02)
+    cut = now_ms()
+    await asyncio.sleep(0.02)
+    r2.status = "sent"
+    await store.commit_send(r2, "pending")
+    await store.cleanup("2026-01-01", older_than_ms=cut)
+    assert await store.event_log(r1.id) == []
+    assert await store.event_log(r2.id) == [("pending", "sent", None)]
+    # When every event is older than the retention, they all go.
+    await store.cleanup("2026-01-01", older_than_ms=now_ms() + 3_600_000)
+    assert await store.event_log(r2.id) == []
+    async with store.conn.execute("SELECT count(*) FROM events") as cur:
+        assert (await cur.fetchone())[0] == 0  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- grouped commits
+
+
+async def test_concurrent_commits_are_grouped_and_durable(tmp_path: Path) -> None:
+    path = tmp_path / "warmupd.db"
+    s = await Store.open(path)
+    n = 60
+    await s.insert_plan([("a@example.com", DAY, 30, n, sends(n))])
+    rows = await s.day_rows("a@example.com", DAY)
+    before = s.commits
+    for i, r in enumerate(rows):
+        r.status, r.sent_at_ms, r.smtp_reply = "sent", now_ms(), f"250 ok {i}"
+    await asyncio.gather(*(s.commit_send(r, "pending", f"sent {r.id}") for r in rows))
+    used = s.commits - before
+    assert 1 <= used < n, f"{n} concurrent commits took {used} transactions"
+
+    # Every caller returned only once its change was committed: another
+    # connection sees all of them before the store is closed.
+    con = sqlite3.connect(path)
+    try:
+        statuses = dict(con.execute("SELECT id, status FROM sends"))
+        events = con.execute("SELECT count(*) FROM events WHERE to_status='sent'").fetchone()[0]
+    finally:
+        con.close()
+    assert set(statuses.values()) == {"sent"} and len(statuses) == n
+    assert events == n
+    await s.close()
+
+    s = await Store.open(path)
+    try:
+        got = await s.day_rows("a@example.com", DAY)
+        assert [(r.status, r.smtp_reply) for r in got] == [("sent", f"250 ok {i}") for i in range(n)]
+        assert await s.count_sent("a@example.com", DAY) == n
+        assert await s.event_log(rows[17].id) == [("pending", "sent", f"sent {rows[17].id}")]
+    finally:
+        await s.close()
+
+
+async def test_commit_of_a_bad_row_fails_its_callers(store: Store) -> None:
+    await store.insert_plan([("a@example.com", DAY, 1, 2, sends(2))])
+    r1, r2 = await store.day_rows("a@example.com", DAY)
+    r1.status = "sent"
+    r2.status = None  # type: ignore[assignment]  # NOT NULL: the grouped transaction fails
+    results = await asyncio.gather(store.commit_send(r1, "pending"), store.commit_send(r2, "pending"),
+                                   return_exceptions=True)
+    assert any(isinstance(x, Exception) for x in results)
+    # The store stays usable afterwards.
+    r1.status = "sent"
+    await store.commit_send(r1, "pending")
+    assert (await store.get_send(r1.id)).status == "sent"  # type: ignore[union-attr]

@@ -634,7 +634,15 @@ class Daemon:
                     self.notifier.ready(f"reload failed ({len(e.problems)} problems); "
                                         f"running on the previous config; {self.status_line()}")
                 return {"ok": False, "errors": e.problems, "changes": []}
-            changes = await self._apply(new)
+            try:
+                changes = await self._apply(new)
+            except Exception as e:  # unexpected: record it and stay ready on what was applied
+                self.metrics.reload_failures += 1
+                self.last_reload_error = f"reload failed while applying: {type(e).__name__}: {e}"
+                self.log.exception("reload failed while applying")
+                if self.notifier is not None:
+                    self.notifier.ready(f"reload failed; {self.status_line()}")
+                return {"ok": False, "errors": [self.last_reload_error], "changes": []}
             self.last_reload_error = None
             self.config_loaded_at = time.time()
             if self.notifier is not None:

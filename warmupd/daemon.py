@@ -705,6 +705,8 @@ class Daemon:
                 changes.append(f"{email}: settings changed, apply from the next send")
         for tz in {a.timezone for a in new.accounts} - set(self._rollovers):
             self._arm_rollover(tz)
+        if self.engagement is not None:  # IMAP connections follow the new accounts (imap.py)
+            self.engagement.sync_accounts()
         self._arm()
         return changes
 

@@ -12,6 +12,7 @@ sends share one fsync; each caller still waits until its own change is on disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -170,6 +171,22 @@ _MUTABLE = ("status", "attempts", "retry_at_ms", "data_mark", "last_error", "rea
 _UPDATE_SQL = f"UPDATE sends SET {', '.join(c + '=?' for c in _MUTABLE)} WHERE id=?"
 _EVENT_SQL = ("INSERT INTO events (at_ms, send_id, account, from_status, to_status, detail) "
               "VALUES (?, ?, ?, ?, ?, ?)")
+# insert_plan: the rows of each table as one JSON array of arrays (see Store.insert_plan).
+_json = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+
+
+def _from_json(n: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n)) + " FROM json_each(?1)"
+
+
+_BATCHES_SQL = ("INSERT OR REPLACE INTO plan_batches (account, local_date, first_id, last_id, warmup_day, target, "
+                "planned_ms) VALUES (?,?,?,?,?,?,?)")
+_BATCHES_JSON_SQL = _BATCHES_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(7)
+_SENDS_SQL = ("INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, "
+              "kind, status, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)")
+_SENDS_JSON_SQL = (_SENDS_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(7).replace(
+    " FROM", ", ?2, 'pending', ?3, ?3 FROM"))
+_EVENTS_JSON_SQL = _EVENT_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(6)
 
 
 @dataclass(slots=True)
@@ -226,6 +243,7 @@ class Store:
         self._flush_task: asyncio.Task[None] | None = None
         self._next_id = 0
         self.commits = 0
+        self._json_insert = True  # insert_plan through json_each (False: SQLite lacks it)
 
     # ------------------------------------------------------------ life cycle
 
@@ -319,6 +337,18 @@ class Store:
         writer's counter. Returns (at_ms, id, account) of every new row: what the
         timer heap needs."""
         stamp = now_ms()
+        await self.flush()
+        # The whole transaction is one call on the store's thread: it runs while the
+        # loop's thread plans the next chunk (a statement per round trip through the
+        # loop would wait for the planning to finish). Each table gets its rows as one
+        # JSON text, one statement, so that SQLite works without the GIL throughout
+        # (executemany would take the GIL back after every row, a switch interval
+        # of the busy loop's thread each time).
+        return await self.conn._execute(self._insert_plan_sync, days, kind, stamp)  # type: ignore[no-any-return]
+
+    def _insert_plan_sync(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]], kind: str,
+                          stamp: int) -> list[tuple[int, int, str]]:
+        con: sqlite3.Connection = self.conn._conn  # type: ignore[assignment]
         nid = self._next_id
         rows: list[tuple[Any, ...]] = []
         keys: list[tuple[int, int, str]] = []
@@ -327,27 +357,31 @@ class Store:
             batches.append((account, local_date, nid, nid + len(sends) - 1, wday, target, stamp))
             for s in sends:
                 at_ms = int(s.at * 1000 + 0.5)
-                rows.append((nid, account, local_date, at_ms, s.period, s.recipient,
-                             s.message_id, kind, stamp, stamp))
+                rows.append((nid, account, local_date, at_ms, s.period, s.recipient, s.message_id))
                 keys.append((at_ms, nid, account))
                 nid += 1
-        await self.flush()
-        await self.conn.execute("BEGIN")
+        # One event per planned account-day, not per row: planning is one change.
+        events = [(stamp, None, d[0], None, "planned",
+                   f"{d[1]}: warmup day {d[2]}, target {d[3]}, {len(d[4])} sends") for d in days]
+        con.execute("BEGIN")
         try:
-            await self.conn.executemany(
-                "INSERT INTO plan_batches (account, local_date, first_id, last_id, warmup_day, "
-                "target, planned_ms) VALUES (?,?,?,?,?,?,?)", batches)
-            await self.conn.executemany(
-                "INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, "
-                "kind, status, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)", rows)
-            # One event per planned account-day, not per row: planning is one change.
-            await self.conn.executemany(
-                _EVENT_SQL, [(stamp, None, d[0], None, "planned",
-                              f"{d[1]}: warmup day {d[2]}, target {d[3]}, {len(d[4])} sends")
-                             for d in days])
-            await self.conn.execute("COMMIT")
+            if self._json_insert:
+                try:
+                    con.execute(_BATCHES_JSON_SQL, (_json(batches),))
+                except sqlite3.OperationalError as e:  # an SQLite without json_each
+                    if "json" not in str(e):
+                        raise
+                    self._json_insert = False
+            if self._json_insert:
+                con.execute(_SENDS_JSON_SQL, (_json(rows), kind, stamp))
+                con.execute(_EVENTS_JSON_SQL, (_json(events),))
+            else:
+                con.executemany(_BATCHES_SQL, batches)
+                con.executemany(_SENDS_SQL, [(*r, kind, stamp, stamp) for r in rows])
+                con.executemany(_EVENT_SQL, events)
+            con.execute("COMMIT")
         except BaseException:
-            await self.conn.execute("ROLLBACK")
+            con.execute("ROLLBACK")
             raise
         self._next_id = nid
         self.commits += 1
@@ -639,6 +673,40 @@ class Store:
                         (f"reply send {reply_id}", stamp, action_id))
 
         await self._atomic(fn)
+
+    async def insert_reply(self, action_id: int, account: str, local_date: str, warmup_day: int, target: int,
+                           send: Any, in_reply_to: int, depth: int, subject: str, body: str,
+                           original_mid: str, refs: str) -> tuple[int, int]:
+        """Plan one reply (its own one-row batch, kind 'reply', linked to the send it
+        answers, with its text) and mark the reply action done, all in one transaction.
+        Returns (at_ms, id)."""
+        stamp = now_ms()
+        at_ms = int(send.at * 1000 + 0.5)
+
+        def fn(con: sqlite3.Connection) -> tuple[int, int]:
+            nid = self._next_id
+            # An empty batch of the same day holds (account, local_date, next id) already.
+            while con.execute("SELECT 1 FROM plan_batches WHERE account=? AND local_date=? AND first_id=?",
+                              (account, local_date, nid)).fetchone():
+                nid += 1
+            con.execute("INSERT INTO plan_batches (account, local_date, first_id, last_id, warmup_day, target, "
+                        "planned_ms) VALUES (?,?,?,?,?,?,?)",
+                        (account, local_date, nid, nid, warmup_day, target, stamp))
+            con.execute("INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, kind, "
+                        "status, in_reply_to, depth, created_ms, updated_ms) "
+                        "VALUES (?,?,?,?,?,?,?,'reply','pending',?,?,?,?)",
+                        (nid, account, local_date, at_ms, send.period, send.recipient, send.message_id,
+                         in_reply_to, depth, stamp, stamp))
+            con.execute("INSERT OR REPLACE INTO reply_texts (send_id, subject, body, in_reply_to, refs) "
+                        "VALUES (?,?,?,?,?)", (nid, subject, body, original_mid, refs))
+            con.execute(_EVENT_SQL, (stamp, nid, account, None, "pending", f"reply to send {in_reply_to}"))
+            con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=?",
+                        (f"reply send {nid}", stamp, action_id))
+            self._next_id = nid + 1
+            return at_ms, nid
+
+        await self.flush()
+        return tuple(await self._atomic(fn))  # type: ignore[return-value]
 
     async def reply_text(self, send_id: int) -> tuple[str, str, str, str] | None:
         """(subject, body, original Message-ID, References) of a planned reply."""

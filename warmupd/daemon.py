@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import random
 import signal
@@ -26,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,7 +100,26 @@ async def plan_and_persist(store: Store, items: Sequence[tuple[Account, date, in
 
     Planning runs in chunks on the loop's thread while the previous chunk is
     written by the store's thread (sqlite releases the GIL while it works),
-    and yields to the loop between chunks so firing is never held up."""
+    and yields to the loop between chunks so firing is never held up. A chunk
+    is also prepared for writing (rows, JSON) before waiting for the previous
+    one, so that the store's thread only ever waits for SQLite.
+
+    The cyclic garbage collector is paused meanwhile: planning allocates millions
+    of acyclic objects, and each of its passes would walk every live object again
+    (a fifth of the time at 4 M sends)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+async def _plan_and_persist(store: Store, items: Sequence[tuple[Account, date, int, float | None, int]],
+                            rng: random.Random, pool: Pool, chunk: int,
+                            on_keys: Callable[[list[tuple[int, int, str]]], None] | None,
+                            hold_cut: Callable[[Account, date], float] | None) -> int:
     total = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
     for i in range(0, len(items), chunk):
@@ -112,11 +132,12 @@ async def plan_and_persist(store: Store, items: Sequence[tuple[Account, date, in
                              already_sent=already, target=target)
             days.append((account.email, day.isoformat(), wday, target, sends))
             total += len(sends)
+        prepared = store.prepare_plan(days)
         if writer is not None:
             keys = await writer
             if on_keys:
                 on_keys(keys)
-        writer = asyncio.create_task(store.insert_plan(days))
+        writer = asyncio.create_task(store.insert_prepared(prepared))
         await asyncio.sleep(0)
     if writer is not None:
         keys = await writer
@@ -248,7 +269,7 @@ class Daemon:
         store = self.store
         assert store is not None
         now = self.now()
-        utc_today = date.fromtimestamp(now)
+        utc_today = datetime.fromtimestamp(now, UTC).date()
         dates = [(utc_today + timedelta(days=d)).isoformat() for d in range(-2, 3)]
         stale = await store.skip_stale(dates[0], "missed")
         if stale:
@@ -397,7 +418,8 @@ class Daemon:
         assert self.store is not None
         self._last_cleanup = self.now()
         cutoff = self.now() - self.config.daemon.retention
-        deleted = await self.store.cleanup(date.fromtimestamp(cutoff).isoformat(), int(cutoff * 1000))
+        deleted = await self.store.cleanup(datetime.fromtimestamp(cutoff, UTC).date().isoformat(),
+                                           int(cutoff * 1000))
         self.log.info("cleanup", deleted=deleted, older_than=iso_utc(cutoff))
         summary = await self.timezone_counts()
         self.log.info("status summary", timezones=summary, pending_timers=len(self.heap))
@@ -510,8 +532,9 @@ class Daemon:
     async def _settle(self, account: Account, row: SendRow, result: Result) -> None:
         now = self.now()
         if result.outcome is Outcome.SENT:
+            # retry_at_ms stays: the row shows when its last retry was due.
             await self._transition(row, "sent", smtp_reply=result.reply, sent_at_ms=int(now * 1000),
-                                   retry_at_ms=None, last_error=None)
+                                   last_error=None)
         elif result.outcome is Outcome.UNCERTAIN:
             await self._transition(row, "uncertain", last_error=result.reply)
         elif result.outcome is Outcome.FAILED:

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +182,34 @@ def _from_json(n: int) -> str:
 
 _BATCHES_SQL = ("INSERT OR REPLACE INTO plan_batches (account, local_date, first_id, last_id, warmup_day, target, "
                 "planned_ms) VALUES (?,?,?,?,?,?,?)")
-_BATCHES_JSON_SQL = _BATCHES_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(7)
+_BATCHES_JSON_SQL = (_BATCHES_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(7).replace(
+    "json_extract(value, '$[2]')", "?2 + json_extract(value, '$[2]')").replace(
+    "json_extract(value, '$[3]')", "?2 + json_extract(value, '$[3]')"))
 _SENDS_SQL = ("INSERT INTO sends (id, account, local_date, at_ms, period, recipient, message_id, "
               "kind, status, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)")
-_SENDS_JSON_SQL = (_SENDS_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(7).replace(
-    " FROM", ", ?2, 'pending', ?3, ?3 FROM"))
+# The days are unpacked once (MATERIALIZED), then each day's sends.
+_SENDS_JSON_SQL = (_SENDS_SQL.partition(" VALUES")[0] + " WITH d AS MATERIALIZED (SELECT "
+                   "json_extract(value, '$[0]') AS first_id, json_extract(value, '$[1]') AS account, "
+                   "json_extract(value, '$[2]') AS local_date, json_extract(value, '$[3]') AS sends "
+                   "FROM json_each(?1)) SELECT ?4 + d.first_id + s.key, d.account, d.local_date, "
+                   + ", ".join(f"json_extract(s.value, '$[{i}]')" for i in range(4))
+                   + ", ?2, 'pending', ?3, ?3 FROM d, json_each(d.sends) AS s")
 _EVENTS_JSON_SQL = _EVENT_SQL.partition(" VALUES")[0] + " SELECT " + _from_json(6)
+
+
+@dataclass(slots=True)
+class PreparedPlan:
+    """Planned days ready to write (Store.prepare_plan); ids relative to the first."""
+
+    kind: str
+    stamp: int
+    count: int
+    batches: list[tuple[Any, ...]]
+    rows: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    ats: list[int]
+    accounts: list[str]
+    texts: tuple[str, str, str] | None
 
 
 @dataclass(slots=True)
@@ -243,7 +266,12 @@ class Store:
         self._flush_task: asyncio.Task[None] | None = None
         self._next_id = 0
         self.commits = 0
-        self._json_insert = True  # insert_plan through json_each (False: SQLite lacks it)
+        # One write transaction at a time on the one connection: a grouped commit of
+        # flush() awaits between its statements, and a BEGIN of insert_plan,
+        # skip_pending or cleanup coming in between fails ("within a transaction").
+        self._txn = asyncio.Lock()
+        # insert_plan through json_each (JSON built in and MATERIALIZED: 3.38+), else executemany
+        self._json_insert = sqlite3.sqlite_version_info >= (3, 38, 0)
 
     # ------------------------------------------------------------ life cycle
 
@@ -336,56 +364,79 @@ class Store:
         object with at, period, recipient and message_id. Ids come from this single
         writer's counter. Returns (at_ms, id, account) of every new row: what the
         timer heap needs."""
-        stamp = now_ms()
-        await self.flush()
-        # The whole transaction is one call on the store's thread: it runs while the
-        # loop's thread plans the next chunk (a statement per round trip through the
-        # loop would wait for the planning to finish). Each table gets its rows as one
-        # JSON text, one statement, so that SQLite works without the GIL throughout
-        # (executemany would take the GIL back after every row, a switch interval
-        # of the busy loop's thread each time).
-        return await self.conn._execute(self._insert_plan_sync, days, kind, stamp)  # type: ignore[no-any-return]
+        return await self.insert_prepared(self.prepare_plan(days, kind))
 
-    def _insert_plan_sync(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]], kind: str,
-                          stamp: int) -> list[tuple[int, int, str]]:
-        con: sqlite3.Connection = self.conn._conn  # type: ignore[assignment]
-        nid = self._next_id
-        rows: list[tuple[Any, ...]] = []
-        keys: list[tuple[int, int, str]] = []
+    def prepare_plan(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]],
+                     kind: str = "new") -> PreparedPlan:
+        """The CPU part of ``insert_plan``, without I/O or store state (ids relative to
+        the first), so that a caller can prepare a chunk while the previous one is
+        being written; ``insert_prepared`` writes it."""
+        stamp = now_ms()
+        off = 0
+        rows: list[tuple[Any, ...]] = []  # per day: (first, account, local_date, [(at_ms, period, recipient, message_id)])
         batches: list[tuple[Any, ...]] = []
+        ats: list[int] = []
+        accounts: list[str] = []
         for account, local_date, wday, target, sends in days:
-            batches.append((account, local_date, nid, nid + len(sends) - 1, wday, target, stamp))
-            for s in sends:
-                at_ms = int(s.at * 1000 + 0.5)
-                rows.append((nid, account, local_date, at_ms, s.period, s.recipient, s.message_id))
-                keys.append((at_ms, nid, account))
-                nid += 1
+            n = len(sends)
+            batches.append((account, local_date, off, off + n - 1, wday, target, stamp))
+            day_ats = [int(s.at * 1000 + 0.5) for s in sends]
+            rows.append((off, account, local_date,
+                         [(a, s.period, s.recipient, s.message_id) for a, s in zip(day_ats, sends, strict=True)]))
+            ats += day_ats
+            accounts += repeat(account, n)
+            off += n
         # One event per planned account-day, not per row: planning is one change.
         events = [(stamp, None, d[0], None, "planned",
                    f"{d[1]}: warmup day {d[2]}, target {d[3]}, {len(d[4])} sends") for d in days]
+        # Each table gets its rows as one JSON text and one statement, so that SQLite
+        # works without the GIL throughout: executemany takes the GIL back after every
+        # row, which costs a switch interval each time the loop's thread is busy planning.
+        texts = (_json(batches), _json(rows), _json(events)) if self._json_insert else None
+        return PreparedPlan(kind, stamp, off, batches, rows, events, ats, accounts, texts)
+
+    async def insert_prepared(self, plan: PreparedPlan) -> list[tuple[int, int, str]]:
+        """Write what ``prepare_plan`` made, in one transaction; returns the timer keys."""
+        await self.flush()
+        async with self._txn:
+            base = self._next_id
+            # The whole transaction is one call on the store's thread, so that it runs
+            # while the loop's thread plans on (a statement per round trip through the
+            # loop would wait for that planning to finish).
+            await self.conn._execute(self._insert_plan_sync, base, plan)
+            self._next_id = base + plan.count
+            self.commits += 1
+        return list(zip(plan.ats, range(base, base + plan.count), plan.accounts, strict=True))
+
+    def _insert_plan_sync(self, base: int, plan: PreparedPlan) -> None:
+        """insert_plan's transaction, on the store's thread."""
+        con: sqlite3.Connection = self.conn._conn  # type: ignore[assignment]
+        texts = plan.texts
         con.execute("BEGIN")
         try:
-            if self._json_insert:
+            if texts is not None:
                 try:
-                    con.execute(_BATCHES_JSON_SQL, (_json(batches),))
+                    con.execute(_BATCHES_JSON_SQL, (texts[0], base))
                 except sqlite3.OperationalError as e:  # an SQLite without json_each
                     if "json" not in str(e):
                         raise
                     self._json_insert = False
-            if self._json_insert:
-                con.execute(_SENDS_JSON_SQL, (_json(rows), kind, stamp))
-                con.execute(_EVENTS_JSON_SQL, (_json(events),))
+                    texts = None
+            if texts is not None:
+                con.execute(_SENDS_JSON_SQL, (texts[1], plan.kind, plan.stamp, base))
+                con.execute(_EVENTS_JSON_SQL, (texts[2],))
             else:
-                con.executemany(_BATCHES_SQL, batches)
-                con.executemany(_SENDS_SQL, [(*r, kind, stamp, stamp) for r in rows])
-                con.executemany(_EVENT_SQL, events)
+                con.executemany(_BATCHES_SQL, [(a, d, base + f, base + last, w, t, st)
+                                               for a, d, f, last, w, t, st in plan.batches])
+                con.executemany(_SENDS_SQL, [(base + first + k, account, local_date, *r, plan.kind,
+                                              plan.stamp, plan.stamp)
+                                             for first, account, local_date, day in plan.rows
+                                             for k, r in enumerate(day)])
+                con.executemany(_EVENT_SQL, plan.events)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._next_id = nid
-        self.commits += 1
-        return keys
 
     # ------------------------------------------------------------ reading sends
 
@@ -484,6 +535,7 @@ class Store:
         while self._batch:
             batch, waiters = self._batch, self._waiters
             self._batch, self._waiters = [], []
+            await self._txn.acquire()
             try:
                 await self.conn.execute("BEGIN")
                 await self.conn.executemany(
@@ -503,6 +555,8 @@ class Store:
                 if not isinstance(e, Exception):
                     raise
                 continue
+            finally:
+                self._txn.release()
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
@@ -513,22 +567,23 @@ class Store:
         await self.flush()
         q = ",".join("?" * len(local_dates))
         stamp = now_ms()
-        await self.conn.execute("BEGIN")
-        try:
-            async with self.conn.execute(
-                "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-                f"WHERE b.account=? AND b.local_date IN ({q}) AND s.status='pending'",
-                (account, *local_dates)) as cur:
-                ids = [r[0] for r in await cur.fetchall()]
-            await self.conn.executemany(
-                "UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? WHERE id=?",
-                [(reason, stamp, i) for i in ids])
-            await self.conn.executemany(
-                _EVENT_SQL, [(stamp, i, account, "pending", "skipped", reason) for i in ids])
-            await self.conn.execute("COMMIT")
-        except BaseException:
-            await self.conn.execute("ROLLBACK")
-            raise
+        async with self._txn:
+            await self.conn.execute("BEGIN")
+            try:
+                async with self.conn.execute(
+                    "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                    f"WHERE b.account=? AND b.local_date IN ({q}) AND s.status='pending'",
+                    (account, *local_dates)) as cur:
+                    ids = [r[0] for r in await cur.fetchall()]
+                await self.conn.executemany(
+                    "UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? WHERE id=?",
+                    [(reason, stamp, i) for i in ids])
+                await self.conn.executemany(
+                    _EVENT_SQL, [(stamp, i, account, "pending", "skipped", reason) for i in ids])
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
         return ids
 
     async def skip_stale(self, before_date: str, reason: str) -> int:
@@ -545,7 +600,12 @@ class Store:
         """Delete finished rows of days before ``before_date`` and older events."""
         await self.flush()
         q = ",".join("?" * len(FINISHED))
-        await self.conn.execute("BEGIN")
+        await self._txn.acquire()
+        try:
+            await self.conn.execute("BEGIN")
+        except BaseException:
+            self._txn.release()
+            raise
         try:
             cur = await self.conn.execute(
                 f"DELETE FROM sends WHERE status IN ({q}) AND id IN ("
@@ -564,6 +624,8 @@ class Store:
         except BaseException:
             await self.conn.execute("ROLLBACK")
             raise
+        finally:
+            self._txn.release()
         return n
 
     async def event_log(self, send_id: int) -> list[tuple[str | None, str, str | None]]:

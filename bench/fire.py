@@ -55,6 +55,7 @@ from warmupd.timers import TimerHeap  # noqa: E402
 
 ZONES = ["UTC", "Europe/London", "Asia/Kolkata", "America/New_York", "Australia/Sydney",
          "Asia/Tokyo", "America/Los_Angeles", "Europe/Berlin", "Pacific/Auckland"]
+DOMAIN_A, DOMAIN_B = "precision.bench.warmup.test", "throughput.bench.warmup.test"
 TARGETS = {"p99_ms": 10.0, "max_ms": 100.0, "bytes_per_timer": 150.0, "throughput_ratio": 0.8}
 
 
@@ -89,14 +90,14 @@ def zones_clear_of_midnight(seconds: float, n: int = 4) -> list[str]:
     return out[:n]
 
 
-def write_config(d: Path, n_accounts: int, port: int, zones: list[str], concurrency: int) -> Path:
+def write_config(d: Path, n_accounts: int, port: int, zones: list[str], concurrency: int, domain: str) -> Path:
     lines = [
         "[daemon]", f'state_dir = "{d / "state"}"', 'grace = "5m"', 'log_format = "json"',
         'log_level = "info"', f"max_concurrent_sends = {concurrency}", "",
         "[defaults]", 'weekdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]', "",
     ]
     for i in range(n_accounts):
-        email = f"a{i:05d}@bench.warmup.test"
+        email = f"a{i:05d}@{domain}"
         lines += ["[[accounts]]", f'email = "{email}"', f'timezone = "{zones[i % len(zones)]}"',
                   'start_date = "2026-01-01"',
                   f'smtp = {{ host = "127.0.0.1", port = {port}, security = "none", username = "{email}" }}', ""]
@@ -170,7 +171,7 @@ def timer_memory(n: int) -> tuple[float, float]:
 async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess) -> dict[str, Any]:
     run_for = args.startup + args.window + 30
     zones = zones_clear_of_midnight(run_for + 3 * 3600)
-    cfg = load_config(write_config(tmp, args.accounts, sink.port, zones, args.concurrency))
+    cfg = load_config(write_config(tmp, args.accounts, sink.port, zones, args.concurrency, DOMAIN_A))
     n_window = int(args.rate * args.window)
     if n_window > args.pending:
         raise SystemExit("--pending must be at least --rate x --window")
@@ -198,7 +199,8 @@ async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess
     pending_at_end = len(daemon.heap)
     await daemon.shutdown()
 
-    recs = [r for r in read_records(sink.record) if r.get("x_warmup_id") and int(r["x_warmup_id"]) in window_ids]
+    recs = [r for r in read_records(sink.record)
+            if r["mail_from"].endswith("@" + DOMAIN_A) and int(r.get("x_warmup_id") or 0) in window_ids]
     late = [r["mail_from_at"] - planned[int(r["x_warmup_id"])] / 1000 for r in recs]
     statuses = await db_statuses(cfg.daemon.database, window_ids)
     return {
@@ -260,7 +262,7 @@ async def throughput(tmp: Path, args: argparse.Namespace, sink: SMTPServerProces
     n = args.throughput
     n_acc = max(args.concurrency * 4, min(2000, n // 5))
     zones = zones_clear_of_midnight(3600)
-    cfg = load_config(write_config(tmp, n_acc, sink.port, zones, args.concurrency))
+    cfg = load_config(write_config(tmp, n_acc, sink.port, zones, args.concurrency, DOMAIN_B))
     a0 = cfg.accounts[0]
     message = build_message(a0, cfg.accounts[1].email, "<sample@bench.warmup.test>", 123456, time.time(),
                             random.Random(1))
@@ -290,7 +292,8 @@ async def throughput(tmp: Path, args: argparse.Namespace, sink: SMTPServerProces
         if done >= n:
             break
     await daemon.shutdown()
-    d_n, d_rate = sink_rate(recs_of(lambda r: r.get("x_warmup_id") and int(r["x_warmup_id"]) in ids))
+    d_n, d_rate = sink_rate(recs_of(lambda r: r["mail_from"].endswith("@" + DOMAIN_B)
+                                    and int(r.get("x_warmup_id") or 0) in ids))
     statuses = await db_statuses(cfg.daemon.database, ids)
 
     for tag in ("bare2",):
@@ -309,7 +312,8 @@ async def throughput(tmp: Path, args: argparse.Namespace, sink: SMTPServerProces
 async def amain(args: argparse.Namespace) -> int:
     traced, rss = timer_memory(args.pending)
     with tempfile.TemporaryDirectory(prefix="warmupd-bench-fire-") as d:
-        tmp = Path(d)
+        tmp = Path(args.keep_dir) if args.keep_dir else Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
         log = open(tmp / "daemon.log", "w")  # noqa: SIM115
         configure_logging("json", "info", stream=log)
         sink = SMTPServerProcess(fast=True, record=tmp / "records.jsonl").start()
@@ -386,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-precision", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--no-uvloop", action="store_true")
+    p.add_argument("--keep-dir", help="work (config, database, daemon log, sink records) here, and keep it")
     args = p.parse_args(argv)
     if args.quick:
         args.window, args.pending, args.throughput = 10.0, 20_000, 1500

@@ -67,6 +67,17 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def cpu_self() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def cpu_of(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -271,16 +282,26 @@ async def throughput(tmp: Path, args: argparse.Namespace, sink: SMTPServerProces
     def recs_of(pred: Any) -> list[dict[str, Any]]:
         return [r for r in read_records(sink.record) if pred(r)]
 
-    bare = []
-    for tag in ("bare1",):
+    assert sink.proc is not None
+    spid = sink.proc.pid
+    bare: list[tuple[int, float]] = []
+    cpu: dict[str, list[float]] = {"bare": [], "daemon": []}  # (own, sink) CPU seconds per message
+
+    async def run_bare(tag: str) -> None:
+        c0, s0 = cpu_self(), cpu_of(spid)
         await bare_loop(sink.port, n, args.concurrency, message, tag)
+        cpu["bare"].append((cpu_self() - c0) / n)
+        cpu["bare"].append((cpu_of(spid) - s0) / n)
         bare.append(sink_rate(recs_of(lambda r, t=tag: r["mail_from"].endswith(f"@{t}.bench.warmup.test"))))
+
+    await run_bare("bare1")
 
     # Every account's share at one instant, a few seconds after the daemon is up.
     t1 = time.time() + args.startup
     instants = [[t1] * (n // n_acc + (1 if i < n % n_acc else 0)) for i in range(n_acc)]
     planned = await seed(cfg, instants)
     daemon = await start_daemon(cfg)
+    c0, s0 = cpu_self(), cpu_of(spid)
     if time.time() > t1 - PREPARE_LEAD:
         print("WARNING: the daemon started late for the throughput instant (raise --startup)", file=sys.stderr)
     deadline = t1 + 300
@@ -291,18 +312,19 @@ async def throughput(tmp: Path, args: argparse.Namespace, sink: SMTPServerProces
                    if s in ("sent", "failed", "skipped", "uncertain"))
         if done >= n:
             break
+    cpu["daemon"] = [(cpu_self() - c0) / n, (cpu_of(spid) - s0) / n]
     await daemon.shutdown()
     d_n, d_rate = sink_rate(recs_of(lambda r: r["mail_from"].endswith("@" + DOMAIN_B)
                                     and int(r.get("x_warmup_id") or 0) in ids))
     statuses = await db_statuses(cfg.daemon.database, ids)
 
-    for tag in ("bare2",):
-        await bare_loop(sink.port, n, args.concurrency, message, tag)
-        bare.append(sink_rate(recs_of(lambda r, t=tag: r["mail_from"].endswith(f"@{t}.bench.warmup.test"))))
+    await run_bare("bare2")
     bare_rate = statistics.fmean(r for _, r in bare)
     out.update({"bare_rates": [r for _, r in bare], "bare_rate": bare_rate, "daemon_rate": d_rate,
                 "daemon_received": d_n, "seeded": n, "statuses": statuses,
-                "ratio": d_rate / bare_rate if bare_rate else float("nan")})
+                "ratio": d_rate / bare_rate if bare_rate else float("nan"),
+                "cpu_bare_ms": [statistics.fmean(cpu["bare"][0::2]) * 1000, statistics.fmean(cpu["bare"][1::2]) * 1000],
+                "cpu_daemon_ms": [cpu["daemon"][0] * 1000, cpu["daemon"][1] * 1000]})
     return out
 
 
@@ -364,6 +386,8 @@ def report(args: argparse.Namespace, a: dict[str, Any] | None, b: dict[str, Any]
         row("bare aiosmtplib (before, after)", " / ".join(f"{r:.0f}" for r in b["bare_rates"]) + " msg/s")
         row("daemon", f"{b['daemon_rate']:.0f} msg/s")
         row("daemon / bare", f"{b['ratio']:.2f}", ">= 0.8", b["ratio"] >= 0.8)
+        row("CPU ms/msg bare client, sink", " / ".join(f"{x:.2f}" for x in b["cpu_bare_ms"]))
+        row("CPU ms/msg daemon process, sink", " / ".join(f"{x:.2f}" for x in b["cpu_daemon_ms"]))
         row("daemon received / statuses", f"{b['daemon_received']:,} " + json.dumps(b["statuses"]))
     parts = []
     if a:
@@ -393,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-dir", help="work (config, database, daemon log, sink records) here, and keep it")
     args = p.parse_args(argv)
     if args.quick:
-        args.window, args.pending, args.throughput = 10.0, 20_000, 1500
+        args.window, args.pending = 10.0, 20_000
+        args.throughput = min(args.throughput, 1500)
     if not args.no_uvloop:
         try:
             import uvloop

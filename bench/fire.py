@@ -30,6 +30,7 @@ import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -155,8 +156,25 @@ async def start_daemon(config: Any) -> Daemon:
 # ---------------------------------------------------------------- (a) precision
 
 
+_RSS_PROBE = """
+import gc, os, random, sys, time
+from warmupd.timers import TimerHeap
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+n = int(sys.argv[1]); base = int(time.time() * 1000); rng = random.Random(7)
+dues = [base + rng.randrange(0, 86_400_000) for _ in range(n)]
+gc.collect(); r0 = rss()
+heap = TimerHeap()
+for i, due in enumerate(dues, start=1_000_000):
+    heap.push(due, i)
+print((rss() - r0) / n)
+"""
+
+
 def timer_memory(n: int) -> tuple[float, float]:
-    """Bytes per pending timer: tracemalloc of a TimerHeap with n timers, and the RSS change."""
+    """Bytes per pending timer: tracemalloc of a TimerHeap holding n timers (here), and the
+    RSS growth of a fresh interpreter loading them (allocator slack included)."""
     base_ms = int(time.time() * 1000)
     rng = random.Random(7)
     dues = [base_ms + rng.randrange(0, 86_400_000) for _ in range(n)]
@@ -169,14 +187,9 @@ def timer_memory(n: int) -> tuple[float, float]:
     traced = (tracemalloc.get_traced_memory()[0] - before) / n
     tracemalloc.stop()
     del heap
-    gc.collect()
-    r0 = rss_bytes()
-    heap = TimerHeap()
-    for i, due in enumerate(dues, start=2_000_000):
-        heap.push(due, i)
-    rss = (rss_bytes() - r0) / n
-    del heap
-    return traced, rss
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(n)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return traced, float(out.stdout.strip())
 
 
 async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess) -> dict[str, Any]:

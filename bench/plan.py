@@ -10,7 +10,7 @@ over a handful of timezones.
 Rows of the table:
 
 * ``plan only``: ``plan_day`` for every account, the same calls as
-  ``plan_and_persist`` makes, results dropped chunk by chunk;
+  ``plan_and_persist`` makes (GC paused, as there), results dropped chunk by chunk;
 * ``plan + persist``: ``warmupd.daemon.plan_and_persist`` into a fresh
   ``Store`` (WAL, synchronous=FULL) in a temp dir: the end-to-end figure;
 * ``... + timer heap``: the same with ``on_keys`` pushing every key into a
@@ -90,7 +90,18 @@ def build_accounts(tmp: Path, n: int) -> list[Account]:
 
 
 def plan_only(items: list, rng: random.Random, pool: Pool, chunk: int) -> int:
-    """What plan_and_persist does on the loop's thread, without the store."""
+    """What plan_and_persist does on the loop's thread, without the store (and, like
+    it, with the cyclic GC paused)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan_only(items, rng, pool, chunk)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _plan_only(items: list, rng: random.Random, pool: Pool, chunk: int) -> int:
     total = 0
     for i in range(0, len(items), chunk):
         days = []

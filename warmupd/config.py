@@ -184,11 +184,14 @@ class Config:
     daemon: DaemonSettings
     accounts: tuple[Account, ...]
 
+    _by_email: dict[str, Account] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        self._by_email.update((a.email, a) for a in self.accounts)
+
     def account(self, email: str) -> Account | None:
-        for acc in self.accounts:
-            if acc.email == email:
-                return acc
-        return None
+        return self._by_email.get(email)
 
     def secrets(self) -> Iterator[str]:
         for acc in self.accounts:

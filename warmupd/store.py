@@ -535,20 +535,27 @@ class Store:
         while self._batch:
             batch, waiters = self._batch, self._waiters
             self._batch, self._waiters = [], []
+            updates = [tuple(getattr(r, c) for c in _MUTABLE) + (r.id,) for r, _, _ in batch]
+            events = [(r.updated_ms, r.id, r.account, f, r.status, d) for r, f, d in batch]
+
+            def write(con: sqlite3.Connection, updates: list[Any] = updates,
+                      events: list[Any] = events) -> None:
+                # The whole transaction in one call on the store's thread: no other
+                # statement can come in between, and no loop round trip per step.
+                con.execute("BEGIN")
+                try:
+                    con.executemany(_UPDATE_SQL, updates)
+                    con.executemany(_EVENT_SQL, events)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+
             await self._txn.acquire()
             try:
-                await self.conn.execute("BEGIN")
-                await self.conn.executemany(
-                    _UPDATE_SQL, [tuple(getattr(r, c) for c in _MUTABLE) + (r.id,) for r, _, _ in batch])
-                await self.conn.executemany(
-                    _EVENT_SQL, [(r.updated_ms, r.id, r.account, f, r.status, d) for r, f, d in batch])
-                await self.conn.execute("COMMIT")
+                await self.conn._execute(write, self.conn._conn)
                 self.commits += 1
             except BaseException as e:
-                try:
-                    await self.conn.execute("ROLLBACK")
-                except Exception:
-                    pass
                 for w in waiters:
                     if not w.done():
                         w.set_exception(e if isinstance(e, Exception) else StoreError(str(e)))

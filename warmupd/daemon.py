@@ -452,12 +452,25 @@ class Daemon:
         if self._stopping:
             return
         now_ms = int((self.now() + PREPARE_LEAD) * 1000)
+        sends: list[tuple[int, int]] = []
         for due_ms, kind, ident in self.heap.pop_due(now_ms):
             if kind == SEND:
-                self._spawn(self._fire(ident, due_ms))
+                sends.append((ident, due_ms))
             else:
                 self._spawn(self._fire_action(ident, due_ms))
+        if sends:
+            self._spawn(self._fire_many(sends))
         self._arm()
+
+    async def _fire_many(self, due: list[tuple[int, int]]) -> None:
+        """Read the rows of all sends that came due together in one query, then
+        run each on its own."""
+        assert self.store is not None
+        rows = await self.store.get_sends([ident for ident, _ in due])
+        for ident, due_ms in due:
+            row = rows.get(ident)
+            if row is not None:
+                self._spawn(self._fire_row(row, due_ms))
 
     async def _fire_action(self, ident: int, due_ms: int) -> None:  # engagement (imap.py)
         if self.engagement is not None:
@@ -489,7 +502,11 @@ class Daemon:
     async def _fire(self, ident: int, due_ms: int) -> None:
         assert self.store is not None
         row = await self.store.get_send(ident)
-        if row is None or row.status != "pending":
+        if row is not None:
+            await self._fire_row(row, due_ms)
+
+    async def _fire_row(self, row: SendRow, due_ms: int) -> None:
+        if row.status != "pending":
             return
         account = self.config.account(row.account)
         if account is None:
@@ -508,8 +525,7 @@ class Daemon:
                 return
             if self._stopping:
                 return
-            async with self._sem:
-                await self._send(account, row, instant)
+            await self._send(account, row, instant)
 
     async def _send(self, account: Account, row: SendRow, instant: float) -> None:
         assert account.smtp is not None
@@ -523,8 +539,11 @@ class Daemon:
             row.data_mark = 1
             await self.store.commit_send(row, "sending", "DATA mark")  # type: ignore[union-attr]
 
-        result = await deliver(account.smtp, account.email, row.recipient, message, at=instant,
-                               on_data_mark=data_mark, now=self.now)
+        # The bound on concurrency covers the SMTP session only: the commits before
+        # and after it need no connection slot.
+        async with self._sem:
+            result = await deliver(account.smtp, account.email, row.recipient, message, at=instant,
+                                   on_data_mark=data_mark, now=self.now)
         if result.mail_from_at is not None:
             self.metrics.observe_lateness(max(0.0, result.mail_from_at - instant))
         await self._settle(account, row, result)

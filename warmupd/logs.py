@@ -264,6 +264,13 @@ def configure_logging(
 
     logging.captureWarnings(True)
     _install_hooks(use_json)
+    # The logging HOWTO's "Optimization" switches: no caller frame walk, no thread or
+    # process lookups per record. Our lines never show them, and the daemon logs one
+    # event per send state change, so this is on the firing path.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def get_logger(name: str | None = None, **initial_values: Any) -> structlog.stdlib.BoundLogger:

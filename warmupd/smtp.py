@@ -132,7 +132,7 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         marked = True
         code, text = await client.data(message)
         try:
-            await asyncio.wait_for(client.quit(), timeout=min(5.0, server.timeout))
+            await client.quit(timeout=min(5.0, server.timeout))
         except Exception:  # the message is in; a failed QUIT changes nothing
             client.close()
         return Result(Outcome.SENT, _reply_text(code, text), code, mail_from_at=mail_from_at)

@@ -454,6 +454,17 @@ class Store:
             r = await cur.fetchone()
         return SendRow(*r) if r else None
 
+    async def get_sends(self, ids: Sequence[int]) -> dict[int, SendRow]:
+        """Rows by id, in queries of at most 500 ids."""
+        out: dict[int, SendRow] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            q = ",".join("?" * len(part))
+            async with self.conn.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id IN ({q})", part) as cur:
+                for r in await cur.fetchall():
+                    out[r[0]] = SendRow(*r)
+        return out
+
     async def rows_on_dates(self, local_dates: Iterable[str], statuses: Sequence[str]) -> list[SendRow]:
         """Rows of these local dates (any account) with one of ``statuses``."""
         dates = sorted(set(local_dates))

@@ -609,3 +609,41 @@ async def test_concurrent_writes_on_the_store_do_not_collide(tmp_path: Path) -> 
             assert (await cur.fetchone())[0] == 31
     finally:
         await store.close()
+
+
+async def test_recovery_keeps_the_backlog_min_gap_from_planned_sends(tmp_path: Path) -> None:
+    """After a restart, overdue sends go out min_gap apart from each other AND from the
+    account's next planned sends; one whose turn then comes past the grace is missed."""
+    day = date(2026, 12, 2)
+    cfg_path = write_config(tmp_path, 2525, window="09:00-17:00", grace="30s", min_gap="10s",
+                            start_date=day)
+    config = load_config(cfg_path)
+    store = await Store.open(db_path(tmp_path))
+    now = _utc(day, 12)
+    # Three overdue sends (5 s, 4 s and 3 s late) and a planned one 12 s ahead.
+    seeds = [Seed(now - 5, "peak", BOB, "<late.1@warmup.test>"),
+             Seed(now - 4, "peak", BOB, "<late.2@warmup.test>"),
+             Seed(now - 3, "peak", BOB, "<late.3@warmup.test>"),
+             Seed(now + 12, "peak", BOB, "<next@warmup.test>")]
+    await store.insert_plan([(ALICE, day.isoformat(), 1, 4, seeds)])
+    daemon = Daemon(config, clock=FakeClock(now))
+    daemon._arm = lambda: None  # type: ignore[method-assign]
+    daemon.store = store
+    try:
+        await daemon._recover()
+        rows = {r.message_id: r for r in await store.day_rows(ALICE, day.isoformat())}
+        due = {ident: due_ms / 1000 for due_ms, _, ident in daemon.heap.pop_due(int((now + 3600) * 1000))}
+        times = {mid: due.get(r.id) for mid, r in rows.items()}
+        # late.1 at once; late.2 would be 10 s later, too close to "next" (12 s), so it
+        # goes 10 s after "next" (22 s): 26 s past its instant, inside the 30 s grace.
+        assert times["<late.1@warmup.test>"] == pytest.approx(now, abs=0.01)
+        assert times["<next@warmup.test>"] == pytest.approx(now + 12, abs=0.01)
+        assert times["<late.2@warmup.test>"] == pytest.approx(now + 22, abs=0.01)
+        # late.3's turn (32 s) is 35 s past its instant: missed, not sent late.
+        assert times["<late.3@warmup.test>"] is None
+        assert rows["<late.3@warmup.test>"].status == "skipped"
+        assert rows["<late.3@warmup.test>"].reason == "missed"
+        ordered = sorted(t for t in times.values() if t is not None)
+        assert all(b - a >= 10 - 0.01 for a, b in zip(ordered, ordered[1:], strict=False))
+    finally:
+        await store.close()

@@ -839,8 +839,12 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     return Config(path=path, daemon=daemon, accounts=tuple(accounts))
 
 
-def read_socket_path(path: str | os.PathLike[str]) -> Path:
-    """Only the socket location from a config file: works while the rest is broken."""
+def read_socket_path(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Path:
+    """Only the socket location from a config file: works while the rest is broken.
+    Under systemd ($RUNTIME_DIRECTORY set) the daemon's socket lives there."""
+    env = os.environ if env is None else env
+    if env.get("RUNTIME_DIRECTORY"):
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "warmupd.sock"
     p = Path(path).absolute()
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))

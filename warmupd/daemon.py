@@ -281,6 +281,7 @@ class Daemon:
                 await self._transition(row, "pending", detail="crashed before the DATA mark; retrying")
         grace = self.config.daemon.grace
         backlog: dict[str, list[SendRow]] = defaultdict(list)
+        upcoming: dict[str, list[float]] = defaultdict(list)
         for row in await store.rows_on_dates(dates, ["pending"]):
             account = self.config.account(row.account)
             if account is None:
@@ -296,13 +297,20 @@ class Daemon:
                 backlog[row.account].append(row)
             else:
                 self.heap.push(row.due_ms, row.id)
-        # A backlog goes out at once, one send at a time per account, min_gap apart;
+                upcoming[row.account].append(due)
+        # A backlog goes out at once, one send at a time per account, min_gap apart,
+        # also from the account's next planned sends (their instants don't move);
         # a send whose turn would come later than the grace after its instant is missed.
         for email, rows in backlog.items():
             account = self.config.account(email)
             assert account is not None
+            gap = account.schedule.min_gap
+            planned = sorted(upcoming.get(email, ()))
             turn = now
             for row in sorted(rows, key=lambda r: r.due_ms):
+                for u in planned:
+                    if u - gap < turn < u + gap:
+                        turn = u + gap
                 if turn > row.due_ms / 1000 + grace:
                     await self._transition(row, "skipped", reason="missed")
                     continue

@@ -28,12 +28,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.daemon_helpers import skip_near_midnight as _skip_near_midnight
+from tests.daemon_helpers import utc_today, wait_until, window_covering_now  # noqa: F401 (re-exported)
 from tests.rig.fixtures import RIG_USERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,21 +49,8 @@ _INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY
 # ---------------------------------------------------------------- time
 
 
-def utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
 def skip_near_midnight(need: float = 300.0) -> None:
-    now = datetime.now(UTC)
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
-    left = (midnight - now).total_seconds()
-    if left < need:
-        pytest.skip(f"only {left:.0f} s to UTC midnight; the test plans today")
-
-
-def window_covering_now() -> str:
-    hour = datetime.now(UTC).hour
-    return f"{hour:02d}:00-{min(hour + 2, 24):02d}:00"
+    _skip_near_midnight(need)
 
 
 # ---------------------------------------------------------------- config
@@ -415,13 +401,3 @@ class NotifyListener:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str = "condition",
-               interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)

@@ -331,3 +331,25 @@ async def test_commit_of_a_bad_row_fails_its_callers(store: Store) -> None:
     r1.status = "sent"
     await store.commit_send(r1, "pending")
     assert (await store.get_send(r1.id)).status == "sent"  # type: ignore[union-attr]
+
+
+async def test_day_counts_for_a_large_pool_match_per_account_counts(tmp_path: Path) -> None:
+    """Many accounts take the grouped path; each account is counted on its own date only."""
+    store = await Store.open(tmp_path / "warmupd.db")
+    other = "2026-12-02"
+    try:
+        days = [(f"u{i:02d}@example.com", DAY, 1, 3, sends(3)) for i in range(12)]
+        days += [(f"u{i:02d}@example.com", other, 1, 2, sends(2)) for i in range(12)]
+        await store.insert_plan(days)
+        row = (await store.day_rows("u03@example.com", DAY))[0]
+        row.status = "sent"
+        await store.commit_send(row, "pending")
+        pairs = [(f"u{i:02d}@example.com", DAY if i % 2 else other) for i in range(12)]
+        grouped = await store.day_counts(pairs)
+        assert len(grouped) == 12
+        for account, day in pairs:
+            assert grouped[account] == (await store.day_counts([(account, day)]))[account]
+        assert grouped["u03@example.com"] == {"pending": 2, "sent": 1}
+        assert grouped["u02@example.com"] == {"pending": 2}
+    finally:
+        await store.close()

@@ -176,6 +176,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._background: list[asyncio.Task[Any]] = []  # lag monitor, watchdog: cancelled at stop
         self.engagement: Any = None  # imap.Engagement when any account has imap
+        self.ready = False
+        self._reload_after_start = False
 
     # ------------------------------------------------------------ helpers
 
@@ -245,6 +247,9 @@ class Daemon:
                 self._background.append(self._spawn(
                     watchdog_loop(self.notifier, lambda: self.metrics.loop_lag < interval / 2)))
             self.notifier.ready(self.status_line())
+        self.ready = True
+        if self._reload_after_start:  # a SIGHUP came while starting
+            self._spawn(self.reload())
         nxt = self._next_send_info()
         self.log.info("ready", pending_timers=len(self.heap), accounts=len(self.config.accounts),
                       next_send=nxt, database=str(self.config.daemon.database),
@@ -281,7 +286,6 @@ class Daemon:
                 await self._transition(row, "pending", detail="crashed before the DATA mark; retrying")
         grace = self.config.daemon.grace
         backlog: dict[str, list[SendRow]] = defaultdict(list)
-        upcoming: dict[str, list[float]] = defaultdict(list)
         for row in await store.rows_on_dates(dates, ["pending"]):
             account = self.config.account(row.account)
             if account is None:
@@ -297,20 +301,15 @@ class Daemon:
                 backlog[row.account].append(row)
             else:
                 self.heap.push(row.due_ms, row.id)
-                upcoming[row.account].append(due)
-        # A backlog goes out at once, one send at a time per account, min_gap apart,
-        # also from the account's next planned sends (their instants don't move);
+        # A backlog goes out at once, one send at a time per account, min_gap apart;
         # a send whose turn would come later than the grace after its instant is missed.
+        # (A backlog send can come closer than min_gap to the account's next planned
+        # send: "at once" wins, as the recovery rule says; planned instants don't move.)
         for email, rows in backlog.items():
             account = self.config.account(email)
             assert account is not None
-            gap = account.schedule.min_gap
-            planned = sorted(upcoming.get(email, ()))
             turn = now
             for row in sorted(rows, key=lambda r: r.due_ms):
-                for u in planned:
-                    if u - gap < turn < u + gap:
-                        turn = u + gap
                 if turn > row.due_ms / 1000 + grace:
                     await self._transition(row, "skipped", reason="missed")
                     continue
@@ -662,8 +661,13 @@ class Daemon:
     # ------------------------------------------------------------ reload (SIGHUP)
 
     def on_sighup(self) -> None:
-        if not self._stopping:
-            self._spawn(self.reload())
+        if self._stopping:
+            return
+        if not self.ready:
+            self.log.info("reload requested while starting; it runs once start-up is done")
+            self._reload_after_start = True
+            return
+        self._spawn(self.reload())
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config; apply the difference, or keep running on the old one."""
@@ -762,7 +766,14 @@ class Daemon:
 
     # ------------------------------------------------------------ the control socket
 
+    def _require_ready(self) -> None:
+        if not self.ready:
+            from .control import ControlError
+
+            raise ControlError("warmupd is still starting (recovery and planning); try again in a moment")
+
     def _account_or_error(self, email: str) -> Account:
+        self._require_ready()
         account = self.config.account(email)
         if account is None:
             from .control import ControlError
@@ -773,12 +784,13 @@ class Daemon:
     async def cmd_version(self) -> dict[str, Any]:
         import platform
 
-        assert self.store is not None
         return {"version": __version__, "python": platform.python_version(),
                 "loop": type(self.loop).__module__.split(".")[0],
-                "schema_version": await self.store.schema_version()}
+                "schema_version": await self.store.schema_version() if self.store else None,
+                "ready": self.ready}
 
     async def cmd_status(self) -> dict[str, Any]:
+        self._require_ready()
         tzc = await self.timezone_counts()
         today: dict[str, int] = {s: 0 for s in ("pending", "sending", "sent", "failed", "skipped", "uncertain")}
         for counts in tzc.values():
@@ -825,6 +837,7 @@ class Daemon:
         return None
 
     async def cmd_accounts(self) -> list[dict[str, Any]]:
+        self._require_ready()
         assert self.store is not None
         out = []
         for a in self.config.accounts:
@@ -879,9 +892,11 @@ class Daemon:
         return await self.resume(account)
 
     async def cmd_reload(self) -> dict[str, Any]:
+        self._require_ready()
         return await self.reload()
 
     async def cmd_metrics(self) -> str:
+        self._require_ready()
         m = self.metrics
         lines = [
             "# HELP warmupd_sends_total Send state changes since start, by account and new status.",

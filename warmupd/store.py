@@ -513,14 +513,28 @@ class Store:
         return int(row[0]) if row else 0
 
     async def day_counts(self, pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
-        """{account: {status: n}} for the given (account, local_date) pairs."""
-        out: dict[str, dict[str, int]] = {}
-        for account, day in pairs:
+        """{account: {status: n}} for the given (account, local_date) pairs.
+
+        One account: one small query. Many: one grouped query per local date (a
+        pool's "today" spans two or three dates), instead of a query per account."""
+        wanted = dict(pairs)
+        out: dict[str, dict[str, int]] = {a: {} for a in wanted}
+        if len(wanted) <= 8:
+            for account, day in wanted.items():
+                async with self.conn.execute(
+                    "SELECT s.status, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+                    "b.first_id AND b.last_id WHERE b.account=? AND b.local_date=? GROUP BY s.status",
+                    (account, day)) as cur:
+                    out[account] = {r[0]: r[1] for r in await cur.fetchall()}
+            return out
+        for day in sorted(set(wanted.values())):
             async with self.conn.execute(
-                "SELECT s.status, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
-                "b.first_id AND b.last_id WHERE b.account=? AND b.local_date=? GROUP BY s.status",
-                (account, day)) as cur:
-                out[account] = {r[0]: r[1] for r in await cur.fetchall()}
+                "SELECT b.account, s.status, count(*) FROM plan_batches b JOIN sends s ON s.id "
+                "BETWEEN b.first_id AND b.last_id WHERE b.local_date=? GROUP BY b.account, s.status",
+                (day,)) as cur:
+                for account, status, n in await cur.fetchall():
+                    if wanted.get(account) == day:
+                        out[account][status] = n
         return out
 
     # ------------------------------------------------------------ state transitions

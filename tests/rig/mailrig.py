@@ -207,8 +207,11 @@ class MailRig:
         smtp_port: int = 0,
         *,
         keep_files: bool = False,
+        extra_conf: str = "",
     ) -> None:
         self.users: dict[str, str] = dict(users if users is not None else DEFAULT_USERS)
+        # appended to dovecot.conf, e.g. "imap_capability = IMAP4rev1 ..." (a server without IDLE)
+        self.extra_conf = extra_conf
         self.tmpdir = Path(tmpdir).resolve()
         self.imap_port = imap_port or free_port()
         self.smtp_port = smtp_port
@@ -297,6 +300,7 @@ class MailRig:
         instance = f"mailrig-{os.getpid()}-{self.imap_port}"
         self.conf_path.write_text(
             DOVECOT_CONF.format(root=root, instance=instance, imap_port=self.imap_port)
+            + (self.extra_conf.rstrip("\n") + "\n" if self.extra_conf else "")
         )
 
     def _master_pid(self) -> int | None:

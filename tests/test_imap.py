@@ -41,7 +41,7 @@ ALICE, BOB, CAROL = USERS
 
 def make_config(rig: MailRig, tmp: Path, *, delay: str = "1s-2s", reply_rate: float = 0.0,
                 important_rate: float = 0.0, max_depth: int = 2, imap_ports: dict[str, int] | None = None,
-                hold_junk_rate: float = 0.10) -> Config:
+                hold_junk_rate: float = 0.10, archive: str = "", poll: str = "2s") -> Config:
     sock_dir = tempfile.mkdtemp(prefix="wu-imap-", dir="/tmp")
     start = (date.today() - timedelta(days=5)).isoformat()
     accounts = []
@@ -53,7 +53,7 @@ def make_config(rig: MailRig, tmp: Path, *, delay: str = "1s-2s", reply_rate: fl
             "smtp": {"host": "127.0.0.1", "port": rig.smtp_port, "security": "none", "password": pw,
                      "timeout": "5s"},
             "imap": {"host": "127.0.0.1", "port": port, "security": "none", "password": pw,
-                     "poll": "2s", "timeout": "2s"},
+                     "poll": poll, "timeout": "2s"},
         })
     data = {
         "daemon": {"state_dir": str(tmp / "state"), "socket": f"{sock_dir}/s", "grace": "5m",
@@ -65,7 +65,7 @@ def make_config(rig: MailRig, tmp: Path, *, delay: str = "1s-2s", reply_rate: fl
             "ramp": {"start": 10, "step": 1, "max": 20},
             "engagement": {"delay": delay, "reply_rate": reply_rate, "important_rate": important_rate,
                            "max_thread_depth": max_depth, "bounce_pause_rate": 0.05,
-                           "hold_junk_rate": hold_junk_rate},
+                           "hold_junk_rate": hold_junk_rate, "archive_folder": archive},
         },
         "accounts": accounts,
     }

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import random
-import tempfile
 import time
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +22,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.rig.mailrig import MailRig
-from tests.test_imap import ALICE, BOB, USERS, db, deliver, messages, running, seed, wait_until
+from tests.test_imap import (
+    ALICE,
+    BOB,
+    db,
+    deliver,
+    make_config,
+    messages,
+    running,
+    seed,
+    wait_until,
+)
 from warmupd import imap as imap_mod
 from warmupd.config import Account, Config, build_config
 
@@ -34,32 +43,7 @@ NO_IDLE_CAPS = ("IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE SORT THREA
 
 def pool_config(rig: MailRig, tmp: Path, *, archive: str = "", delay: str = "1s-2s", poll: str = "2s") -> Config:
     """alice, bob and carol on ``rig``; whole-day windows every day, no replies."""
-    sock_dir = tempfile.mkdtemp(prefix="wu-imap2-", dir="/tmp")
-    start = (date.today() - timedelta(days=5)).isoformat()
-    accounts = []
-    for user in USERS:
-        pw = rig.users[user]
-        accounts.append({
-            "email": user, "start_date": start,
-            "smtp": {"host": "127.0.0.1", "port": rig.smtp_port, "security": "none", "password": pw,
-                     "timeout": "5s"},
-            "imap": {"host": "127.0.0.1", "port": rig.imap_port, "security": "none", "password": pw,
-                     "poll": poll, "timeout": "2s"},
-        })
-    data = {
-        "daemon": {"state_dir": str(tmp / "state"), "socket": f"{sock_dir}/s", "grace": "5m",
-                   "shutdown_timeout": "5s", "log_level": "debug"},
-        "defaults": {
-            "timezone": "UTC", "weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-            "jitter": "0s", "micro_jitter": "0s", "min_gap": "1s",
-            "periods": {"all": {"windows": ["00:00-24:00"], "weight": 1.0}},
-            "ramp": {"start": 10, "step": 1, "max": 20},
-            "engagement": {"delay": delay, "reply_rate": 0.0, "important_rate": 0.0, "max_thread_depth": 2,
-                           "archive_folder": archive, "bounce_pause_rate": 0.05, "hold_junk_rate": 0.9},
-        },
-        "accounts": accounts,
-    }
-    return build_config(data, tmp / "config.toml", {})
+    return make_config(rig, tmp, delay=delay, hold_junk_rate=0.9, archive=archive, poll=poll)
 
 
 def actions_of(config: Config, account: str) -> list[tuple[int, str, str, int, str | None]]:

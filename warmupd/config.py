@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -95,6 +97,11 @@ class Server:
     # IMAP only
     junk_folder: str = ""
     poll: float = 300.0
+    ca_file: Path | None = None  # trust this CA bundle (a private CA) instead of the system's
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying client context: the system's CAs, or ``ca_file``'s."""
+        return _tls_context(str(self.ca_file) if self.ca_file else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,11 @@ class Config:
                     yield srv.password.reveal()
 
 
+@lru_cache(maxsize=32)
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
 # ---------------------------------------------------------------- parsing helpers
 
 
@@ -265,7 +277,7 @@ _DEFAULT_KEYS = {
     "extra_recipients", "tag", "periods", "ramp", "engagement", "max_attempts", "templates",
 }
 _ACCOUNT_KEYS = _DEFAULT_KEYS | {"email", "start_date", "smtp", "imap"}
-_SERVER_KEYS = {"host", "port", "security", "username", "password_file", "password_env",
+_SERVER_KEYS = {"ca_file", "host", "port", "security", "username", "password_file", "password_env",
                 "password", "timeout"}
 _IMAP_KEYS = _SERVER_KEYS | {"junk_folder", "poll"}
 _PERIOD_KEYS = {"windows", "weight"}
@@ -445,10 +457,24 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
         c.add(_join(path, "junk_folder"), "must be a folder name string")
         junk = ""
     poll = _dur(c, srv.get("poll", "5m"), _join(path, "poll"), positive=True) if imap else 300.0
+    ca_file: Path | None = None
+    if "ca_file" in srv:
+        raw_ca = srv["ca_file"]
+        if not isinstance(raw_ca, str) or not raw_ca:
+            c.add(_join(path, "ca_file"), "must be the path of a PEM CA bundle")
+        else:
+            ca_file = (base / raw_ca).resolve()
+            try:
+                _tls_context(str(ca_file))
+            except (OSError, ssl.SSLError) as e:
+                c.add(_join(path, "ca_file"), f"cannot load CA bundle {ca_file}: {e}; "
+                                              "give a readable PEM file")
+                ca_file = None
     if None in (host, security, port, username, timeout, poll):
         return None
     return Server(host=host, port=port, security=security, username=username,  # type: ignore[arg-type]
-                  password=password, timeout=timeout, junk_folder=junk, poll=poll)  # type: ignore[arg-type]
+                  password=password, timeout=timeout, junk_folder=junk, poll=poll,  # type: ignore[arg-type]
+                  ca_file=ca_file)
 
 
 def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -388,7 +387,7 @@ class Watcher:
 
         if srv.security == "tls":
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                srv.host, srv.port, timeout=srv.timeout, ssl_context=ssl.create_default_context(),
+                srv.host, srv.port, timeout=srv.timeout, ssl_context=srv.tls_context(),
                 conn_lost_cb=on_lost)
         else:
             client = aioimaplib.IMAP4(srv.host, srv.port, timeout=srv.timeout, conn_lost_cb=on_lost)
@@ -415,7 +414,7 @@ class Watcher:
         if resp.result != "OK":
             raise ConnectionLost(f"STARTTLS refused: {resp.lines}")
         loop = asyncio.get_running_loop()
-        transport = await self._cmd(loop.start_tls(proto.transport, proto, ssl.create_default_context(),
+        transport = await self._cmd(loop.start_tls(proto.transport, proto, self.server.tls_context(),
                                                    server_hostname=self.server.host))
         proto.transport = transport
         await self._cmd(proto.capability())

@@ -92,6 +92,15 @@ def _render(headers: list[tuple[str, str]], body: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n" + text.replace("\n", "\r\n")).encode("ascii")
 
 
+def _cert_error(e: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind ``e`` (aiosmtplib wraps it for implicit TLS)."""
+    for _ in range(5):
+        if e is None or isinstance(e, ssl.SSLCertVerificationError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _reply_text(code: int | None, message: str) -> str:
     text = " ".join(str(message).split())
     return f"{code} {text}" if code else text
@@ -115,7 +124,7 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         hostname=server.host, port=server.port, timeout=server.timeout,
         use_tls=server.security == "tls",
         start_tls=True if server.security == "starttls" else False,
-        tls_context=tls_context,
+        tls_context=tls_context or (server.tls_context() if server.security != "none" else None),
     )
     marked = False
     mail_from_at: float | None = None
@@ -147,6 +156,11 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         return Result(outcome, _reply_text(e.code, e.message), e.code, mail_from_at=mail_from_at)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
         client.close()
+        cert = _cert_error(e)
+        if cert is not None:
+            # Not a passing fault: every retry would fail alike until the operator acts.
+            return Result(Outcome.FAILED, f"TLS certificate of {server.host}:{server.port} not trusted "
+                          f"({cert.verify_message}); for a private CA set ca_file in the smtp table")
         what = _reply_text(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         if marked:
             return Result(Outcome.UNCERTAIN, f"after DATA: {what}", mail_from_at=mail_from_at)

@@ -9,7 +9,6 @@ import random
 import sys
 import time
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 from . import __version__
 from .calendar import (
@@ -193,4 +192,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "Path"]
+__all__ = ["main", "build_parser"]

@@ -1041,4 +1041,4 @@ def main(config_path: str | Path) -> int:
     return asyncio.run(_amain(config))
 
 
-__all__ = ["Daemon", "DaemonError", "main", "plan_and_persist", "iso_local"]
+__all__ = ["Daemon", "DaemonError", "main", "plan_and_persist"]

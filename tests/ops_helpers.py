@@ -326,7 +326,10 @@ def raw_request(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(data)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon may hang up before reading it all; its reply is already there
         buf = b""
         while b"\n" not in buf:
             chunk = s.recv(65536)

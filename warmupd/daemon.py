@@ -584,10 +584,8 @@ class Daemon:
         retry_ms = int(retry_at * 1000)
         # The DATA mark is cleared only here, where we know the server never got DATA.
         await self._transition(row, "pending", retry_at_ms=retry_ms, last_error=error, data_mark=0)
-        if self.heap.push(retry_ms, row.id):
-            self._arm()
-        else:
-            self._arm()
+        self.heap.push(retry_ms, row.id)
+        self._arm()
 
     # ------------------------------------------------------------ pause / resume
 

@@ -324,15 +324,19 @@ class Daemon:
         return AccountState(account.email, wday, (today - timedelta(days=1)).isoformat(),
                             None, None, None, None)
 
-    async def _advance(self, account: Account, today: date) -> AccountState:
+    async def _advance(self, account: Account, today: date,
+                       changed: list[AccountState] | None = None) -> AccountState:
         """Count the days before ``today``: +1 for each on which the account sent
-        (a day paused, held, or with the daemon down does not count)."""
+        (a day paused, held, or with the daemon down does not count).
+
+        The new state is stored at once, or appended to ``changed`` for the caller
+        to store many in one transaction (one fsync for a whole pool, not one each)."""
         assert self.store is not None
         st = self.states.get(account.email)
         if st is None:
             st = self._init_state(account, today)
             self.states[account.email] = st
-            await self.store.upsert_account(st)
+            await self._save_states([st], changed)
             return st
         until = (today - timedelta(days=1)).isoformat()
         if st.advanced_through >= until:
@@ -346,8 +350,15 @@ class Daemon:
             self.log.info("warmup day advanced", account=account.email, warmup_day=st.warmup_day,
                           days_counted=len(sent))
         st.advanced_through = until
-        await self.store.upsert_account(st)
+        await self._save_states([st], changed)
         return st
+
+    async def _save_states(self, states: list[AccountState], changed: list[AccountState] | None) -> None:
+        assert self.store is not None
+        if changed is not None:
+            changed.extend(states)
+        else:
+            await self.store.upsert_accounts(states)
 
     def _hold_cut(self, account: Account, day: date) -> float:
         st = self.states.get(account.email)
@@ -363,15 +374,17 @@ class Daemon:
         todays = {a.email: self.today(a) for a in accounts}
         planned = await self.store.planned_days(d.isoformat() for d in todays.values())
         items = []
+        changed: list[AccountState] = []
         for a in accounts:
             day = todays[a.email]
-            st = await self._advance(a, day)
+            st = await self._advance(a, day, changed)
             if (a.email, day.isoformat()) in planned or st.paused_reason:
                 continue
             start, _ = day_bounds(a.timezone, day)
             not_before = now if now > start else None
             already = await self.store.count_sent(a.email, day.isoformat()) if not_before else 0
             items.append((a, day, st.warmup_day, not_before, already))
+        await self.store.upsert_accounts(changed)
         if not items:
             return
         await self._plan_items(items)

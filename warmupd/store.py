@@ -324,16 +324,33 @@ class Store:
             return {r[0]: AccountState(*r) for r in await cur.fetchall()}
 
     async def upsert_account(self, st: AccountState) -> None:
-        await self.conn.execute(
-            "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
-            "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
-            "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
-            "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
-            "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms",
-            (st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
-             st.hold_until, st.hold_reason, now_ms()),
-        )
+        await self.upsert_accounts([st])
+
+    async def upsert_accounts(self, states: Sequence[AccountState]) -> None:
+        """Store account states, all in one transaction."""
+        if not states:
+            return
+        stamp = now_ms()
+        rows = [(st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
+                 st.hold_until, st.hold_reason, stamp) for st in states]
+
+        def write(con: sqlite3.Connection) -> None:
+            con.execute("BEGIN")
+            try:
+                con.executemany(
+                    "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
+                    "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
+                    "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
+                    "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
+                    "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        async with self._txn:
+            await self.conn._execute(write, self.conn._conn)
 
     async def sent_dates(self, account: str, after: str, until: str) -> list[str]:
         """Local dates in (after, until] on which ``account`` sent at least once."""

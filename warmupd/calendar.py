@@ -19,7 +19,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from .config import Account, Period, Schedule, layout_spans, parse_holiday_region
+from .config import Account, Period, Schedule, parse_holiday_region
+from .geometry import layout_spans
 
 Span = tuple[float, float]
 

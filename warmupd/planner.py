@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from .calendar import is_sending_day, period_spans
-from .config import Account, split_by_weight
+from .config import Account
+from .geometry import split_by_weight
 
 Span = tuple[float, float]
 

@@ -8,6 +8,7 @@ e.g. ``accounts[2].smtp.port: must be 1-65535, got 70000``, so that
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 import re
 import ssl
@@ -181,6 +182,9 @@ class DaemonSettings:
     log_level: str
     max_concurrent_sends: int
     shutdown_timeout: float
+    # How long the state database may refuse writes before the daemon stops pinging
+    # the systemd watchdog (so that systemd restarts a daemon that can no longer persist).
+    store_stall_limit: float = 300.0
 
     @property
     def database(self) -> Path:
@@ -272,7 +276,7 @@ def check_holiday_region(value: str) -> None:
 
 _DAEMON_KEYS = {
     "state_dir", "grace", "retention", "log_format", "log_level", "socket",
-    "max_concurrent_sends", "shutdown_timeout",
+    "max_concurrent_sends", "shutdown_timeout", "include", "store_stall_limit",
 }
 _DEFAULT_KEYS = {
     "timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap", "max_per_hour",
@@ -379,8 +383,38 @@ def _str(c: _Collector, value: Any, path: str) -> str | None:
     return value
 
 
+class _CredentialFolder:
+    """$CREDENTIALS_DIRECTORY's entries, listed once per load and indexed by every
+    ``_<name>`` suffix: a glob per password file made a 10,000-account load quadratic."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = Path(folder) if folder else None
+        self._by_suffix: dict[str, list[Path]] | None = None
+
+    def named(self, name: str) -> list[Path]:
+        """Sorted entries ``*_<name>``, as systemd 252's LoadCredential=NAME:/a/folder
+        names each file of the folder NAME_<file>."""
+        if self.folder is None:
+            return []
+        if self._by_suffix is None:
+            index: dict[str, list[Path]] = {}
+            try:
+                entries = os.listdir(self.folder)
+            except OSError:
+                entries = []
+            for entry in entries:
+                at = entry.find("_")
+                while at != -1:
+                    index.setdefault(entry[at + 1:], []).append(self.folder / entry)
+                    at = entry.find("_", at + 1)
+            for paths in index.values():
+                paths.sort()
+            self._by_suffix = index
+        return self._by_suffix.get(name, [])
+
+
 def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
-                      env: Mapping[str, str]) -> Secret | None:
+                      env: Mapping[str, str], creds: _CredentialFolder) -> Secret | None:
     given = [k for k in ("password_file", "password_env", "password") if k in srv]
     if len(given) > 1:
         c.add(path, f"give one of password_file, password_env or password, not {' and '.join(given)}")
@@ -404,13 +438,12 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
     if p.is_absolute():
         candidates.append(p)
     else:
-        creds = env.get("CREDENTIALS_DIRECTORY")
-        if creds:
+        if creds.folder is not None:
             # systemd's LoadCredential= puts each credential here by its name.
-            candidates.append(Path(creds) / val)
-            candidates.append(Path(creds) / p.name)
+            candidates.append(creds.folder / val)
+            candidates.append(creds.folder / p.name)
             # LoadCredential=NAME:/a/folder names each file NAME_<file> (systemd 252).
-            candidates.extend(sorted(Path(creds).glob(f"*_{p.name}")))
+            candidates.extend(creds.named(p.name))
         candidates.append(base / p)
     for cand in candidates:
         try:
@@ -431,7 +464,7 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
 
 
 def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, str], *,
-            imap: bool, email: str) -> Server | None:
+            imap: bool, email: str, creds: _CredentialFolder | None = None) -> Server | None:
     srv = _table(c, raw, path)
     if not srv:
         return None
@@ -452,7 +485,9 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
         if "username" in srv:  # else the account's bad email is the problem, reported already
             c.add(_join(path, "username"), "must be a non-empty string")
         username = None
-    password = _resolve_password(c, srv, path, base, env)
+    if creds is None:
+        creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
+    password = _resolve_password(c, srv, path, base, env, creds)
     timeout = _dur(c, srv.get("timeout", "30s"), _join(path, "timeout"), positive=True)
     junk = srv.get("junk_folder", "")
     if not isinstance(junk, str):
@@ -647,6 +682,81 @@ def _merge(defaults: dict[str, Any], acc: dict[str, Any]) -> tuple[dict[str, Any
     return merged, origin
 
 
+# ---------------------------------------------------------------- included account files
+#
+# [daemon] include = ["accounts.d/*.toml"] adds the [[accounts]] of every matching file
+# after the main file's. Relative paths inside an included file (password_file,
+# ca_file, templates) resolve exactly as in the main file: against the main config's
+# folder, and for password_file in $CREDENTIALS_DIRECTORY first, never against the
+# included file's own folder, so an account can move between files unchanged.
+
+
+def _account_entries(c: _Collector, raw: Any, prefix: str) -> list[tuple[str, Any]]:
+    """``[[accounts]]`` of one file as (key path, table); ``prefix`` names an included file."""
+    if not isinstance(raw, list):
+        c.add(prefix + "accounts", "must be an array of tables: write each account as [[accounts]]")
+        return []
+    return [(f"{prefix}accounts[{i}]", acc) for i, acc in enumerate(raw)]
+
+
+def _where(path_i: str) -> str:
+    """An entry's key path as a reference inside another message: "accounts[3] of eu.toml"."""
+    label, sep, rest = path_i.rpartition(": ")
+    return f"{rest} of {label}" if sep else path_i
+
+
+def _include_files(c: _Collector, raw: Any, config_path: Path) -> list[str]:
+    """The files ``daemon.include`` matches, relative to the config's folder where they
+    are inside it: every pattern's matches together, in name order, each file once."""
+    if not isinstance(raw, list):
+        c.add("daemon.include", 'must be a list of glob patterns like ["accounts.d/*.toml"], '
+                                f"got {raw!r}")
+        return []
+    base = config_path.parent
+    main = Path(os.path.normpath(config_path))
+    found: dict[Path, str] = {}
+    for i, pattern in enumerate(raw):
+        if not isinstance(pattern, str) or not pattern:
+            c.add(f"daemon.include[{i}]", f'must be a glob pattern like "accounts.d/*.toml", got {pattern!r}')
+            continue
+        # glob.glob skips dot files (editor swap files); root_dir keeps relative matches relative.
+        for match in glob.glob(pattern, root_dir=base, recursive=True):
+            full = Path(os.path.normpath(base / match))
+            if full == main or not full.is_file():
+                continue  # "*.toml" next to the main file must not include the main file
+            found[full] = full.relative_to(base).as_posix() if full.is_relative_to(base) else str(full)
+    return [found[f] for f in sorted(found)]
+
+
+def _included_entries(c: _Collector, label: str, base: Path) -> list[tuple[str, Any]]:
+    """One included file's account entries; its problems are prefixed with its name."""
+    data = _read_toml(c, base / label, label)
+    if data is None:
+        return []
+    for key in data:
+        if key != "accounts":
+            c.add(f"{label}: {key}", "an included file holds [[accounts]] tables only; "
+                                     "move this key to the main config file")
+    return _account_entries(c, data.get("accounts", []), f"{label}: ")
+
+
+def _read_toml(c: _Collector, file: Path, label: str) -> dict[str, Any] | None:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        c.add(label, "not UTF-8 text")
+        return None
+    except OSError as e:
+        c.add(label, f"cannot read: {e.strerror}")
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already carries "(at line L, column C)".
+        c.add(label, f"TOML syntax error: {e}")
+        return None
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
@@ -700,6 +810,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         log_level = "info"
     mcs = _num(c, d.get("max_concurrent_sends", 50), "daemon.max_concurrent_sends", lo=1, integer=True)
     stop_to = _dur(c, d.get("shutdown_timeout", "30s"), "daemon.shutdown_timeout", positive=True)
+    stall = _dur(c, d.get("store_stall_limit", "5m"), "daemon.store_stall_limit", positive=True)
 
     defaults_raw = _table(c, data.get("defaults"), "defaults")
     c.unknown_keys(defaults_raw, _DEFAULT_KEYS, "defaults")
@@ -710,18 +821,22 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         else:
             defaults[k] = v
 
-    accounts_raw = data.get("accounts", [])
-    if not isinstance(accounts_raw, list):
-        c.add("accounts", "must be an array of tables: write each account as [[accounts]]")
-        accounts_raw = []
-    if not accounts_raw:
-        c.add("accounts", "no accounts configured: add at least two [[accounts]] entries")
+    # Every account entry with the key path its problems are reported under: the main
+    # file's first, then each included file's, e.g. "accounts.d/eu.toml: accounts[3]".
+    entries = _account_entries(c, data.get("accounts", []), "")
+    include_files = _include_files(c, d.get("include", []), path)
+    for label in include_files:
+        entries.extend(_included_entries(c, label, base))
+    if not entries:
+        where = " (daemon.include matched no file)" if "include" in d and not include_files else ""
+        c.add("accounts", f"no accounts configured{where}: add at least two [[accounts]] entries")
 
-    emails: dict[str, int] = {}
+    emails: dict[str, str] = {}  # lower-cased email -> where it was first seen
     accounts: list[Account] = []
+    account_paths: list[str] = []
     schedule_cache: dict[str, Schedule | None] = {}
-    for i, acc_raw in enumerate(accounts_raw):
-        path_i = f"accounts[{i}]"
+    creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
+    for i, (path_i, acc_raw) in enumerate(entries):
         if not isinstance(acc_raw, dict):
             c.add(path_i, "must be a table")
             continue
@@ -734,9 +849,9 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             email = email.strip()
             key = email.lower()
             if key in emails:
-                c.add(f"{path_i}.email", f"duplicate account {email!r}, already accounts[{emails[key]}]")
+                c.add(f"{path_i}.email", f"duplicate account {email!r}, already {emails[key]}")
             else:
-                emails[key] = i
+                emails[key] = _where(path_i)
         sd = acc_raw.get("start_date")
         start_date: date | None = None
         if isinstance(sd, date):
@@ -771,12 +886,14 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             schedule_cache[eng_key] = eng  # type: ignore[assignment]
         smtp = None
         if "smtp" in acc_raw:
-            smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "")
+            smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "",
+                           creds=creds)
         else:
             c.add(f"{path_i}.smtp", "is required: { host = ..., port = ..., security = ..., username = ..., password_file = ... }")
         imap = None
         if "imap" in acc_raw:
-            imap = _server(c, acc_raw["imap"], f"{path_i}.imap", base, env, imap=True, email=email or "")
+            imap = _server(c, acc_raw["imap"], f"{path_i}.imap", base, env, imap=True, email=email or "",
+                           creds=creds)
         extras_raw = merged.get("extra_recipients", [])
         extras: list[str] = []
         xpath = f"{path_i if 'extra_recipients' in acc_raw else 'defaults'}.extra_recipients"
@@ -806,18 +923,19 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
                 email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,
                 extra_recipients=tuple(extras), tag=tag, max_attempts=max_attempts,
                 templates=templates, engagement=eng))  # type: ignore[arg-type]
+            account_paths.append(path_i)
 
-    if len(accounts) == len(accounts_raw):
-        for i, acc in enumerate(accounts):
+    if len(accounts) == len(entries):
+        for path_i, acc in zip(account_paths, accounts, strict=True):
             if len(accounts) < 2 and not acc.extra_recipients:
-                c.add(f"accounts[{i}]", f"{acc.email} has no possible recipient: add another account to the pool or set extra_recipients")
+                c.add(path_i, f"{acc.email} has no possible recipient: add another account to the pool or set extra_recipients")
 
     if c.problems:
         raise ConfigError(c.problems, path)
     daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,  # type: ignore[arg-type]
                             retention=retention, log_format=log_format,  # type: ignore[arg-type]
                             log_level=log_level.lower(), max_concurrent_sends=mcs,  # type: ignore[arg-type]
-                            shutdown_timeout=stop_to)  # type: ignore[arg-type]
+                            shutdown_timeout=stop_to, store_stall_limit=stall)  # type: ignore[arg-type]
     return Config(path=path, daemon=daemon, accounts=tuple(accounts))
 
 

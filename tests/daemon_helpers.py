@@ -5,13 +5,16 @@
   starts, so the test does not depend on the random planner (the daemon never
   plans an account-day again once it is in ``plan_batches``);
 * ``DaemonProc``: ``python -m warmupd.cli run --config ...`` as a subprocess with
-  its JSON log in a file, waiting for log events, signals, kill -9;
+  its JSON log in a file (stderr in it or, with ``split_stderr``, apart), waiting for log
+  events, signals, kill -9; ``DaemonFactory`` starts them and stops them all at test end
+  (tests/test_daemon_ops.py uses them too);
 * ``send_rows`` / ``wait_rows``: read-only looks at the ``sends`` table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -280,34 +283,42 @@ def all_final(rows: list[dict[str, Any]]) -> bool:
 
 # ---------------------------------------------------------------- the daemon process
 
+# Strip whatever a surrounding systemd (or the developer's shell) may have set.
+INHERITED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY",
+                 "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY", "WARMUPD_SOCKET", "LISTEN_FDS",
+                 "LISTEN_PID")
+
 
 class DaemonProc:
-    """``warmupd run --config`` as a subprocess; its output goes to tmp_path/daemon-N.log."""
+    """``warmupd run --config`` as a subprocess. Each start is a new run with its own files:
+    tmp_path/daemon-N.log gets stdout and stderr, or with ``split_stderr`` stdout only and
+    stderr goes to tmp_path/daemon-N.err (N counts the runs of every DaemonProc in tmp_path).
+    The log methods take ``run`` (1 = this object's first start; default: the current one)."""
 
-    def __init__(self, config: Path, tmp_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, tmp_path: Path, env: Mapping[str, str] | None = None, *,
+                 split_stderr: bool = False) -> None:
         self.config = config
         self.tmp_path = tmp_path
         self.extra_env = dict(env or {})
+        self.split_stderr = split_stderr
         self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-        self.log_path: Path = tmp_path / "daemon-0.log"
+        self.logs: list[Path] = []  # the stdout file of each run
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> DaemonProc:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.runs += 1
-        self.log_path = self.tmp_path / f"daemon-{self.runs}.log"
-        env = dict(os.environ)
+        assert not self.running(), "already running"
+        log = self.tmp_path / f"daemon-{len(list(self.tmp_path.glob('daemon-*.log'))) + 1}.log"
+        self.logs.append(log)
+        env = {k: v for k, v in os.environ.items() if k not in INHERITED_ENV}
         env.update({"WARMUPD_RETRY_BASE": "1", "PYTHONUNBUFFERED": "1"})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY",
-                  "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY"):
-            env.pop(k, None)
         env.update(self.extra_env)
-        with open(self.log_path, "wb") as out:
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(log, "wb"))
+            err = (files.enter_context(open(log.with_suffix(".err"), "wb")) if self.split_stderr
+                   else subprocess.STDOUT)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "warmupd.cli", "run", "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=self.tmp_path)
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=self.tmp_path)
         if wait_ready:
             self.wait_event("ready", timeout=timeout)
         return self
@@ -322,24 +333,46 @@ class DaemonProc:
 
     # -- the log
 
-    def output(self, run: int | None = None) -> str:
-        path = self.log_path if run is None else self.tmp_path / f"daemon-{run}.log"
+    def _read(self, run: int | None, stderr: bool) -> str:
+        if not self.logs:
+            return ""
+        path = self.logs[-1 if run is None else run - 1]
+        if stderr and self.split_stderr:
+            path = path.with_suffix(".err")
         try:
             return path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
 
+    def stdout(self, run: int | None = None) -> str:
+        """What the run wrote to stdout (and to stderr, unless ``split_stderr``)."""
+        return self._read(run, stderr=False)
+
+    def stderr(self, run: int | None = None) -> str:
+        """What the run wrote to stderr (mixed with stdout, unless ``split_stderr``)."""
+        return self._read(run, stderr=True)
+
+    def output(self, run: int | None = None) -> str:
+        """Everything the run wrote."""
+        return self.stdout(run) + (self.stderr(run) if self.split_stderr else "")
+
+    def tail(self) -> str:
+        """The end of the current run's output, for assertion messages."""
+        if self.split_stderr:
+            return f"stdout:\n{self.stdout()[-3000:]}\nstderr:\n{self.stderr()[-2000:]}"
+        return f"output:\n{self.output()[-4000:]}"
+
     def events(self, run: int | None = None) -> list[dict[str, Any]]:
-        """The JSON log lines of one run (default: the current one); other lines are dropped."""
+        """The JSON log lines (on stdout) of one run; other lines are dropped."""
         out = []
-        for line in self.output(run).splitlines():
+        for line in self.stdout(run).splitlines():
             line = line.strip()
             if not line.startswith("{"):
                 continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
+                obj = json.loads(line)
+                if isinstance(obj, dict):
+                    out.append(obj)
         return out
 
     def find(self, event: str, run: int | None = None, **match: Any) -> list[dict[str, Any]]:
@@ -348,7 +381,8 @@ class DaemonProc:
 
     def wait_event(self, event: str, timeout: float = 10.0, count: int = 1,
                    **match: Any) -> list[dict[str, Any]]:
-        """Wait until ``count`` log events named ``event`` (with these fields) appeared."""
+        """Wait until ``count`` log events named ``event`` (with these fields) appeared in
+        the current run."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.find(event, **match)
@@ -359,14 +393,14 @@ class DaemonProc:
                 if len(found) >= count:
                     return found
                 raise AssertionError(f"warmupd exited ({self.proc.returncode}) before {count} "
-                                     f"{event!r} {match}; output:\n{self.output()[-4000:]}")
+                                     f"{event!r} {match}; {self.tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {count} {event!r} {match} within {timeout} s; "
-                                     f"output:\n{self.output()[-4000:]}")
+                                     f"{self.tail()}")
             time.sleep(0.05)
 
-    def errors(self) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e.get("level") in ("error", "critical")]
+    def errors(self, run: int | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events(run) if e.get("level") in ("error", "critical")]
 
     # -- stopping
 
@@ -383,14 +417,36 @@ class DaemonProc:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then the exit code."""
+        self.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
     def close(self) -> None:
         """The finalizer: whatever state it is in, the process is gone afterwards."""
-        if self.proc is None:
+        if self.proc is None or self.proc.poll() is not None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class DaemonFactory:
+    """What the tests' daemon fixtures yield: ``factory(config, tmp_path, ...)`` starts a
+    DaemonProc; ``close()``, the fixture's finalizer, stops every one it started."""
+
+    def __init__(self) -> None:
+        self.procs: list[DaemonProc] = []
+
+    def __call__(self, config: Path, tmp_path: Path, *, env: Mapping[str, str] | None = None,
+                 split_stderr: bool = False, wait_ready: bool = True) -> DaemonProc:
+        d = DaemonProc(config, tmp_path, env, split_stderr=split_stderr)
+        self.procs.append(d)
+        return d.start(wait_ready=wait_ready)
+
+    def close(self) -> None:
+        for d in self.procs:
+            d.close()

@@ -6,7 +6,8 @@ like a Linux daemon (signals, sd_notify, the control socket, warmupctl).
   two-hour window covering now (spread thin: those sends do not fire during a test);
 * ``seed``: plan exact instants for an account (soon after start) before the daemon runs,
   so the test sees real sends at known times;
-* ``Warmupd``: the subprocess, stdout and stderr each captured to a file;
+* the subprocess itself is ``tests.daemon_helpers.DaemonProc`` with ``split_stderr=True``
+  (the ``warmupd`` fixture of tests/test_daemon_ops.py);
 * ``ctl``: run ``warmupctl`` as a subprocess;
 * ``NotifyListener``: a bound AF_UNIX SOCK_DGRAM socket playing systemd's NOTIFY_SOCKET.
 """
@@ -14,11 +15,9 @@ like a Linux daemon (signals, sd_notify, the control socket, warmupctl).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,19 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.daemon_helpers import INHERITED_ENV, utc_today, wait_until, window_covering_now  # noqa: F401 (re-exported)
 from tests.daemon_helpers import skip_near_midnight as _skip_near_midnight
-from tests.daemon_helpers import utc_today, wait_until, window_covering_now  # noqa: F401 (re-exported)
 from tests.rig.fixtures import RIG_USERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALICE, BOB, CAROL = "alice@warmup.test", "bob@warmup.test", "carol@warmup.test"
 PASSWORDS = tuple(RIG_USERS[e] for e in (ALICE, BOB, CAROL))  # alice-pw, bob-pw, carol-pw
 ALL_WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-# Strip whatever a surrounding systemd (or the developer's shell) may have set.
-_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY",
-              "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY", "WARMUPD_SOCKET", "LISTEN_FDS",
-              "LISTEN_PID")
 
 
 # ---------------------------------------------------------------- time
@@ -163,128 +157,6 @@ def seed(setup: Setup, email: str, instants: Sequence[float], recipient: str) ->
     return sorted(ident for _, ident, _ in asyncio.run(run()))
 
 
-# ---------------------------------------------------------------- the daemon process
-
-
-class Warmupd:
-    """``python -m warmupd.cli run --config PATH``; stdout and stderr go to files."""
-
-    def __init__(self, setup: Setup, env: Mapping[str, str] | None = None) -> None:
-        self.setup = setup
-        self.extra_env = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        n = len(list(setup.tmp_path.glob("stdout-*.log")))
-        self.stdout_path = setup.tmp_path / f"stdout-{n}.log"
-        self.stderr_path = setup.tmp_path / f"stderr-{n}.log"
-
-    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> Warmupd:
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
-        env.update({"PYTHONUNBUFFERED": "1", "WARMUPD_RETRY_BASE": "1"})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env.update(self.extra_env)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "warmupd.cli", "run", "--config", str(self.setup.config)],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=self.setup.tmp_path)
-        if wait_ready:
-            self.wait_event("ready", timeout=timeout)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(encoding="utf-8", errors="replace") \
-            if self.stdout_path.exists() else ""
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace") \
-            if self.stderr_path.exists() else ""
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stdout().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    out.append(obj)
-        return out
-
-    def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e.get("event") == event
-                and all(e.get(k) == v for k, v in match.items())]
-
-    def wait_event(self, event: str, timeout: float = 10.0, count: int = 1,
-                   **match: Any) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(event, **match)
-            if len(found) >= count:
-                return found
-            if not self.running():
-                found = self.find(event, **match)
-                if len(found) >= count:
-                    return found
-                raise AssertionError(f"warmupd exited ({self.proc.returncode if self.proc else None}) "
-                                     f"before {count} {event!r}; {self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {count} {event!r} {match} within {timeout} s; {self.tail()}")
-            time.sleep(0.05)
-
-    def tail(self) -> str:
-        return f"stdout:\n{self.stdout()[-3000:]}\nstderr:\n{self.stderr()[-2000:]}"
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        self.signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def close(self) -> None:
-        """Finalizer: the process is gone afterwards, whatever state it was in."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class DaemonFactory:
-    """The ``warmupd`` fixture: starts daemons, stops them all at the end of the test."""
-
-    def __init__(self) -> None:
-        self.procs: list[Warmupd] = []
-        self.dirs: list[Path] = []
-
-    def __call__(self, setup: Setup, *, env: Mapping[str, str] | None = None,
-                 wait_ready: bool = True) -> Warmupd:
-        if setup.socket.parent not in self.dirs:
-            self.dirs.append(setup.socket.parent)
-        d = Warmupd(setup, env)
-        self.procs.append(d)
-        return d.start(wait_ready=wait_ready)
-
-    def close(self) -> None:
-        for d in self.procs:
-            d.close()
-        for p in self.dirs:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- warmupctl
 
 
@@ -305,7 +177,7 @@ def _ctl_argv() -> list[str]:
 
 def ctl(setup: Setup, *args: str, timeout: float = 20.0) -> CtlResult:
     """``warmupctl --config CONFIG ARGS...``."""
-    env = {k: v for k, v in os.environ.items() if k not in _INHERITED}
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     p = subprocess.run([*_ctl_argv(), "--config", str(setup.config), *args], capture_output=True,
                        text=True, timeout=timeout, env=env, cwd=setup.tmp_path)

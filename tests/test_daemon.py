@@ -26,6 +26,7 @@ from tests.daemon_helpers import (
     BOB,
     CAROL,
     FINAL,
+    DaemonFactory,
     DaemonProc,
     Seed,
     Seeded,
@@ -52,18 +53,13 @@ LATE_OK = 0.5  # MAIL FROM may come this much after the planned instant, never b
 
 
 @pytest.fixture
-def daemons() -> Iterator[Any]:
-    """Make DaemonProc objects; every one of them is stopped (or killed) at teardown."""
-    procs: list[DaemonProc] = []
-
-    def make(config: Path, tmp_path: Path) -> DaemonProc:
-        d = DaemonProc(config, tmp_path)
-        procs.append(d)
-        return d
-
-    yield make
-    for d in procs:
-        d.close()
+def daemons() -> Iterator[DaemonFactory]:
+    """Start DaemonProcs; every one of them is stopped (or killed) at teardown."""
+    factory = DaemonFactory()
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @dataclass
@@ -303,7 +299,7 @@ def test_stall_after_data_is_uncertain_and_never_resent(auth_run: Run) -> None:
 
 
 def test_slow_server_does_not_delay_other_accounts(tmp_path: Path, smtp_server: SMTPServer,
-                                                   daemons: Any) -> None:
+                                                   daemons: DaemonFactory) -> None:
     skip_near_midnight(180)
     with SMTPServer(users=RIG_USERS) as slow:
         slow.set_fault("stall_before", sender=BOB, seconds=3.0)  # every session of bob's
@@ -312,7 +308,7 @@ def test_slow_server_does_not_delay_other_accounts(tmp_path: Path, smtp_server: 
         now = time.time()
         seeded = seed_plan(tmp_path, {BOB: [now + 3.0, now + 3.1], ALICE: [now + 3.05, now + 4.0],
                                       CAROL: [now + 3.3, now + 4.5]})
-        d = daemons(cfg, tmp_path).start()
+        d = daemons(cfg, tmp_path)
         rows = wait_rows(tmp_path, all_final, 20, "every send to be final")
         d.send_signal(signal.SIGTERM)
         assert d.wait(20) == 0
@@ -338,7 +334,7 @@ def test_slow_server_does_not_delay_other_accounts(tmp_path: Path, smtp_server: 
 
 
 def test_restart_after_kill_recovers_without_duplicates(tmp_path: Path, smtp_server: SMTPServer,
-                                                        daemons: Any) -> None:
+                                                        daemons: DaemonFactory) -> None:
     """kill -9 with bob stuck after DATA (data_mark=1), alice stuck at MAIL (data_mark=0)
     and bob's later sends queued behind his; restart at once. Then: bob's stuck send is
     uncertain and not resent, alice's goes out again (inside the grace), bob's queue is
@@ -357,7 +353,7 @@ def test_restart_after_kill_recovers_without_duplicates(tmp_path: Path, smtp_ser
     smtp_server.set_fault("stall_after", count=1, sender=BOB, seconds=60)
     smtp_server.set_fault("stall_before", count=1, sender=ALICE, seconds=60)
 
-    d = daemons(cfg, tmp_path).start()
+    d = daemons(cfg, tmp_path)
     d.wait_event("send sending", timeout=15, send_id=alice_first.id)
     time.sleep(max(0.0, alice_first.at + 0.3 - time.time()))
     d.kill9()
@@ -431,13 +427,13 @@ def test_restart_after_kill_recovers_without_duplicates(tmp_path: Path, smtp_ser
 
 
 def test_sigterm_lets_the_send_in_flight_finish(tmp_path: Path, smtp_server: SMTPServer,
-                                               daemons: Any) -> None:
+                                               daemons: DaemonFactory) -> None:
     skip_near_midnight(180)
     cfg = write_config(tmp_path, smtp_server.port)
     now = time.time()
     first, later = seed_plan(tmp_path, {ALICE: [now + 3.0, now + 9.0]})
     smtp_server.set_fault("stall_before", count=1, sender=ALICE, seconds=2.0)
-    d = daemons(cfg, tmp_path).start()
+    d = daemons(cfg, tmp_path)
     d.wait_event("send sending", timeout=10, send_id=first.id)
     time.sleep(max(0.0, first.at + 0.5 - time.time()))
     assert send_rows(tmp_path, "id=?", (first.id,))[0]["status"] == "sending"

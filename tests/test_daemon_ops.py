@@ -12,23 +12,24 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from tests.daemon_helpers import DaemonFactory, DaemonProc
 from tests.ops_helpers import (
     ALICE,
     BOB,
     CAROL,
     PASSWORDS,
-    DaemonFactory,
     NotifyListener,
     Setup,
     ctl,
@@ -61,18 +62,30 @@ def _enough_of_today() -> None:
     skip_near_midnight(1800)
 
 
+StartDaemon = Callable[..., DaemonProc]  # warmupd(setup, *, env=None, wait_ready=True)
+
+
 @pytest.fixture
-def warmupd() -> Iterator[DaemonFactory]:
+def warmupd() -> Iterator[StartDaemon]:
+    """Start the daemon of a Setup, stdout and stderr apart; all are stopped at the end."""
     factory = DaemonFactory()
+
+    def start(setup: Setup, *, env: dict[str, str] | None = None,
+              wait_ready: bool = True) -> DaemonProc:
+        return factory(setup.config, setup.tmp_path, env=env, split_stderr=True,
+                       wait_ready=wait_ready)
+
     try:
-        yield factory
+        yield start
     finally:
         factory.close()
 
 
 @pytest.fixture
-def setup(tmp_path: Any, smtp_server: SMTPServer) -> Setup:
-    return make_setup(tmp_path, smtp_server.port)
+def setup(tmp_path: Any, smtp_server: SMTPServer) -> Iterator[Setup]:
+    setup = make_setup(tmp_path, smtp_server.port)
+    yield setup
+    shutil.rmtree(setup.socket.parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- helpers
@@ -121,7 +134,7 @@ def kinds(messages: list[dict[str, str]]) -> list[str]:
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
-def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: DaemonFactory) -> None:
+def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: StartDaemon) -> None:
     listener = NotifyListener(abstract=abstract)
     try:
         d = warmupd(setup, env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"})
@@ -140,7 +153,7 @@ def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: DaemonFacto
         write_config(setup, (ALICE, BOB, CAROL))
         n = len(listener.messages)
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        d.signal(signal.SIGHUP)
+        d.send_signal(signal.SIGHUP)
         i = listener.wait_for(lambda m: m.get("RELOADING") == "1", after=n)
         after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         usec = int(listener.snapshot()[i]["MONOTONIC_USEC"])
@@ -151,7 +164,7 @@ def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: DaemonFacto
         # SIGHUP with a broken file: RELOADING=1, then READY=1 whose STATUS tells of the failure.
         broken_port(setup, (ALICE, BOB, CAROL))
         n = len(listener.messages)
-        d.signal(signal.SIGHUP)
+        d.send_signal(signal.SIGHUP)
         i = listener.wait_for(lambda m: m.get("RELOADING") == "1", after=n)
         assert "MONOTONIC_USEC" in listener.snapshot()[i]
         j = listener.wait_for(lambda m: m.get("READY") == "1", after=i + 1)
@@ -161,7 +174,7 @@ def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: DaemonFacto
         # SIGTERM: STOPPING=1, a prompt exit 0, and no ping after STOPPING=1.
         n = len(listener.messages)
         t0 = time.monotonic()
-        d.signal(signal.SIGTERM)
+        d.send_signal(signal.SIGTERM)
         assert d.wait(15) == 0, d.tail()
         assert time.monotonic() - t0 < 5, "a stop with nothing in flight is prompt"
         listener.wait_for(lambda m: m.get("STOPPING") == "1", after=n, timeout=2)
@@ -178,7 +191,7 @@ def test_sd_notify_life_cycle(abstract: bool, setup: Setup, warmupd: DaemonFacto
 
 
 def test_sighup_reload_add_replan_broken_remove(setup: Setup, smtp_server: SMTPServer,
-                                                warmupd: DaemonFactory) -> None:
+                                                warmupd: StartDaemon) -> None:
     now = time.time()
     alice_ids = seed(setup, ALICE, [now + 1.5, now + 7.0, now + 3600], BOB)
     d = warmupd(setup)
@@ -191,7 +204,7 @@ def test_sighup_reload_add_replan_broken_remove(setup: Setup, smtp_server: SMTPS
     # Valid change: carol joins, bob's schedule changes.
     time.sleep(0.01)
     write_config(setup, (ALICE, BOB, CAROL), overrides={BOB: ['min_gap = "3s"']})
-    d.signal(signal.SIGHUP)
+    d.send_signal(signal.SIGHUP)
     ev = d.wait_event("reloaded")[-1]
     assert ctl_json(setup, "status")["config_loaded_at"] > loaded_at
     assert f"added {CAROL}" in ev["changes"], ev
@@ -211,7 +224,7 @@ def test_sighup_reload_add_replan_broken_remove(setup: Setup, smtp_server: SMTPS
 
     # Broken file: still running on the old config, the error names the key path, sends go on.
     broken_port(setup, (ALICE, BOB, CAROL))
-    d.signal(signal.SIGHUP)
+    d.send_signal(signal.SIGHUP)
     d.wait_event("reload failed; still running on the previous config")
     assert d.running()
     status = ctl_json(setup, "status")
@@ -224,7 +237,7 @@ def test_sighup_reload_add_replan_broken_remove(setup: Setup, smtp_server: SMTPS
 
     # Remove carol: her pending sends become skipped "removed...".
     write_config(setup, (ALICE, BOB), overrides={BOB: ['min_gap = "3s"']})
-    d.signal(signal.SIGHUP)
+    d.send_signal(signal.SIGHUP)
     d.wait_event("reloaded", count=2)
     status = ctl_json(setup, "status")
     assert status["last_reload_error"] is None
@@ -240,7 +253,7 @@ def test_sighup_reload_add_replan_broken_remove(setup: Setup, smtp_server: SMTPS
     assert d.stop() == 0
 
 
-def test_warmupctl_reload(setup: Setup, warmupd: DaemonFactory) -> None:
+def test_warmupctl_reload(setup: Setup, warmupd: StartDaemon) -> None:
     d = warmupd(setup)
     # Valid: exit 0 and the changes listed.
     write_config(setup, (ALICE, BOB, CAROL))
@@ -270,7 +283,7 @@ def test_warmupctl_reload(setup: Setup, warmupd: DaemonFactory) -> None:
 # ---------------------------------------------------------------- warmupctl
 
 
-def test_warmupctl_commands(setup: Setup, smtp_server: SMTPServer, warmupd: DaemonFactory) -> None:
+def test_warmupctl_commands(setup: Setup, smtp_server: SMTPServer, warmupd: StartDaemon) -> None:
     now = time.time()
     seeded = seed(setup, ALICE, [now + 1.2, now + 3.5, now + 1800, now + 2400], BOB)
     seeded += seed(setup, BOB, [now + 3000, now + 3300], ALICE)  # bob sends nothing meanwhile
@@ -387,7 +400,7 @@ def test_warmupctl_without_daemon(setup: Setup) -> None:
 # ---------------------------------------------------------------- the socket, raw
 
 
-def test_control_socket_raw_clients(setup: Setup, warmupd: DaemonFactory) -> None:
+def test_control_socket_raw_clients(setup: Setup, warmupd: StartDaemon) -> None:
     d = warmupd(setup)
     assert stat.S_IMODE(os.stat(setup.socket).st_mode) == 0o660
 
@@ -407,7 +420,7 @@ def test_control_socket_raw_clients(setup: Setup, warmupd: DaemonFactory) -> Non
     assert d.running()
 
 
-def test_idle_clients_dropped_while_others_served(setup: Setup, warmupd: DaemonFactory) -> None:
+def test_idle_clients_dropped_while_others_served(setup: Setup, warmupd: StartDaemon) -> None:
     warmupd(setup)
     idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -444,7 +457,7 @@ def _name(c: socket.socket, idle: socket.socket) -> str:
     return "idle" if c is idle else "half"
 
 
-def test_second_daemon_refuses_to_start(setup: Setup, warmupd: DaemonFactory) -> None:
+def test_second_daemon_refuses_to_start(setup: Setup, warmupd: StartDaemon) -> None:
     first = warmupd(setup)
     second = warmupd(setup, wait_ready=False)
     code = second.wait(20)
@@ -468,7 +481,7 @@ def test_second_daemon_refuses_to_start(setup: Setup, warmupd: DaemonFactory) ->
     assert first.stop() == 0
 
 
-def test_stale_socket_file_is_replaced(setup: Setup, warmupd: DaemonFactory) -> None:
+def test_stale_socket_file_is_replaced(setup: Setup, warmupd: StartDaemon) -> None:
     setup.socket.parent.mkdir(parents=True, exist_ok=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(setup.socket))  # bound, never listening, then gone: a crash's leftover
@@ -487,7 +500,7 @@ def test_stale_socket_file_is_replaced(setup: Setup, warmupd: DaemonFactory) -> 
 
 
 def test_json_logs_of_a_whole_run_and_no_secret(setup: Setup, smtp_server: SMTPServer,
-                                               warmupd: DaemonFactory) -> None:
+                                               warmupd: StartDaemon) -> None:
     now = time.time()
     seed(setup, ALICE, [now + 1.2, now + 3.0], BOB)
     seed(setup, BOB, [now + 3000], ALICE)
@@ -495,10 +508,10 @@ def test_json_logs_of_a_whole_run_and_no_secret(setup: Setup, smtp_server: SMTPS
     smtp_server.wait_for(2, timeout=10)
     wait_until(lambda: len(d.find("send sent")) >= 2, 5, "two send sent events")
     write_config(setup, (ALICE, BOB, CAROL))
-    d.signal(signal.SIGHUP)
+    d.send_signal(signal.SIGHUP)
     d.wait_event("reloaded")
     broken_port(setup, (ALICE, BOB, CAROL))
-    d.signal(signal.SIGHUP)
+    d.send_signal(signal.SIGHUP)
     d.wait_event("reload failed; still running on the previous config")
     assert ctl(setup, "pause", BOB, "--reason", "drill").code == 0
     assert ctl(setup, "resume", BOB).code == 0
@@ -527,7 +540,7 @@ def test_json_logs_of_a_whole_run_and_no_secret(setup: Setup, smtp_server: SMTPS
 
 
 def test_bad_config_at_start_exits_78_listing_every_problem(setup: Setup,
-                                                            warmupd: DaemonFactory) -> None:
+                                                            warmupd: StartDaemon) -> None:
     write_config(setup, (ALICE, BOB), overrides={BOB: ['timezone = "Mars/Olympus_Mons"']})
     setup.config.write_text(setup.config.read_text().replace(f"port = {setup.port}", "port = 70000", 1))
     d = warmupd(setup, wait_ready=False)

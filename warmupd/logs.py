@@ -13,7 +13,6 @@ level, and loggers cached by structlog keep working.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -43,34 +42,119 @@ _min_level: int = logging.INFO
 _handler: logging.StreamHandler[Any] | None = None
 _configured_structlog = False
 
-# Secrets are kept as one compiled alternation; replaced wholesale (never mutated) so that
-# threads logging concurrently always see a consistent pattern without taking a lock.
-_secrets: set[str] = set()
-_secret_re: re.Pattern[str] | None = None
-_secrets_lock = threading.Lock()
+# Secrets are found without a regex over all of them (recompiling one alternation per new
+# secret made a 10,000-account start take more than 15 minutes). A secret of _LONG or more
+# characters is indexed by its _GRAM-character pieces at offsets 0.._STRIDE-1: any
+# occurrence of it in a text then covers one of the text's positions 0, _STRIDE,
+# 2*_STRIDE, ... with one of those pieces, so only every _STRIDE-th position of a text is
+# looked up, and each hit is confirmed by looking the candidate slice up in the set of all
+# secrets. Shorter secrets are looked up at every position, once per length they come in.
+# Adding a secret costs O(1) amortised (_STRIDE dict updates) and redacting a text is
+# linear in its length; neither depends on how many secrets there are.
+_GRAM = 4
+_STRIDE = 5
+_LONG = _GRAM + _STRIDE - 1
+
+
+class _SecretIndex:
+    """Registered secrets, and their replacement in a string: every character of every
+    occurrence of a secret is covered by one ``***`` (the longest where they overlap).
+
+    Readers (any logging thread) take no lock: every container they iterate is a tuple
+    replaced wholesale, and the dict and set they only query are changed by single
+    operations that are atomic under the GIL. Writers serialise on a lock.
+    """
+
+    def __init__(self) -> None:
+        self._all: set[str] = set()
+        # piece -> (offset of the piece in a secret, that secret's length), distinct pairs
+        self._pieces: dict[str, tuple[tuple[int, int], ...]] = {}
+        self._one: dict[tuple[int, int], tuple[tuple[int, int]]] = {}
+        self._short: tuple[int, ...] = ()  # lengths below _LONG that some secret has
+        self._shortest = 0  # 0: no secret yet
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return self._shortest > 0
+
+    def add(self, value: str) -> None:
+        if not value:
+            return
+        n = len(value)
+        with self._lock:
+            if value in self._all:
+                return
+            self._all.add(value)  # first: a piece found must find its secret in the set
+            if n >= _LONG:
+                pieces = self._pieces
+                for offset in range(_STRIDE):
+                    piece = value[offset:offset + _GRAM]
+                    entries = pieces.get(piece)
+                    if entries is None:
+                        # Most pieces belong to one secret: share that one-entry tuple.
+                        entries = self._one.setdefault((offset, n), ((offset, n),))
+                        pieces[piece] = entries
+                    elif (offset, n) not in entries:
+                        pieces[piece] = (*entries, (offset, n))
+            elif n not in self._short:
+                self._short = (*self._short, n)
+            if not self._shortest or n < self._shortest:
+                self._shortest = n
+
+    def redact(self, text: str) -> str:
+        shortest = self._shortest
+        size = len(text)
+        if not shortest or size < shortest:
+            return text
+        secrets, pieces = self._all, self._pieces
+        found: dict[int, int] = {}  # start -> length of the longest secret starting there
+        if size >= _LONG and pieces:
+            hits = [q for q in range(0, size - _GRAM + 1, _STRIDE)
+                    if text[q:q + _GRAM] in pieces]
+            for q in hits:
+                for offset, n in pieces.get(text[q:q + _GRAM], ()):
+                    p = q - offset
+                    if p >= 0 and p + n <= size and n > found.get(p, 0) and text[p:p + n] in secrets:
+                        found[p] = n
+        for n in self._short:
+            if n <= size:
+                for p in [i for i in range(size - n + 1) if text[i:i + n] in secrets]:
+                    if n > found.get(p, 0):
+                        found[p] = n
+        if not found:
+            return text
+        # Left to right, the longest secret at each start; a secret overlapping the one
+        # being replaced extends that replacement, so no part of either shows (a regex
+        # alternation would leave the overlapping secret's tail in the clear).
+        out: list[str] = []
+        pos = 0
+        for i in sorted(found):
+            end = i + found[i]
+            if i >= pos:
+                out.append(text[pos:i])
+                out.append(REDACTED)
+                pos = end
+            elif end > pos:
+                pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+
+_secrets = _SecretIndex()
 
 
 def register_secret(value: str) -> None:
     """Make every later log line replace *value* with ``***`` (empty strings are ignored)."""
-    global _secret_re
-    if not value:
-        return
-    with _secrets_lock:
-        if value in _secrets:
-            return
-        _secrets.add(value)
-        # Longest first so that a secret containing another one is redacted entirely.
-        alternation = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
-        _secret_re = re.compile(alternation)
+    _secrets.add(value)
 
 
-def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
+def _redact(value: Any, index: _SecretIndex) -> Any:
     if isinstance(value, str):
-        return pattern.sub(REDACTED, value)
+        return index.redact(value)
     if isinstance(value, dict):
-        return {k: _redact(v, pattern) for k, v in value.items()}
+        return {k: _redact(v, index) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_redact(v, pattern) for v in value)
+        return type(value)(_redact(v, index) for v in value)
     return value
 
 
@@ -110,9 +194,8 @@ def _finalize(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Put the well-known keys first (readable JSON) and redact registered secrets."""
     ordered = {k: event_dict.pop(k) for k in _HEAD if k in event_dict}
     ordered.update(event_dict)
-    pattern = _secret_re
-    if pattern is not None:
-        ordered = {k: _redact(v, pattern) for k, v in ordered.items()}
+    if _secrets:
+        ordered = {k: _redact(v, _secrets) for k, v in ordered.items()}
     return ordered
 
 
@@ -121,9 +204,8 @@ def _redact_rendered(renderer: Processor) -> Processor:
 
     def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
         out = renderer(logger, name, event_dict)
-        pattern = _secret_re
-        if pattern is not None and isinstance(out, str):
-            out = pattern.sub(REDACTED, out)
+        if isinstance(out, str):
+            out = _secrets.redact(out)
         return out
 
     return render

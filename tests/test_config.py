@@ -521,3 +521,9 @@ def test_include_ten_thousand_accounts(tmp_path: Path) -> None:
     assert cfg.accounts[0].email == "user00-0000@pool.example.com"
     assert cfg.accounts[-1].email == "user09-0999@pool.example.com"
     assert len({a.schedule for a in cfg.accounts}) == 1  # [defaults] validated once, shared
+
+
+def test_read_socket_path_with_a_daemon_key_that_is_not_a_table(tmp_path: Path) -> None:
+    p = write(tmp_path, "daemon = 3\n" + ACCOUNTS)
+    one_with(problems(p), "daemon", "must be a table")
+    assert read_socket_path(p, env={}) == (tmp_path / "var" / "warmupd.sock").resolve()

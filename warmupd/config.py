@@ -507,10 +507,11 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
                 c.add(_join(path, "ca_file"), f"cannot load CA bundle {ca_file}: {e}; "
                                               "give a readable PEM file")
                 ca_file = None
-    if None in (host, security, port, username, timeout, poll):
+    if host is None or security is None or port is None or username is None \
+            or timeout is None or poll is None:
         return None
-    return Server(host=host, port=port, security=security, username=username,  # type: ignore[arg-type]
-                  password=password, timeout=timeout, junk_folder=junk, poll=poll,  # type: ignore[arg-type]
+    return Server(host=host, port=port, security=security, username=username,
+                  password=password, timeout=timeout, junk_folder=junk, poll=poll,
                   ca_file=ca_file)
 
 
@@ -582,16 +583,21 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | N
     if dmin is None or dmax is None or dmin <= 0 or dmax < dmin:
         c.add(_join(path, "delay"), f'must be a range of durations like "3m-4h", got {delay!r}')
         ok = False
-    rates = {}
+    rates: dict[str, float] = {}
     for k in ("reply_rate", "important_rate", "bounce_pause_rate", "hold_junk_rate"):
-        rates[k] = _num(c, raw.get(k), _join(path, k), lo=0, hi=1)
-        ok = ok and rates[k] is not None
+        rate = _num(c, raw.get(k), _join(path, k), lo=0, hi=1)
+        if rate is None:
+            ok = False
+        else:
+            rates[k] = float(rate)
     depth = _num(c, raw.get("max_thread_depth"), _join(path, "max_thread_depth"), lo=1, integer=True)
     archive = _str(c, raw.get("archive_folder", ""), _join(path, "archive_folder"))
-    if not ok or depth is None or archive is None:
+    if not ok or dmin is None or dmax is None or depth is None or archive is None:
         return None
-    return Engagement(delay_min=dmin, delay_max=dmax, max_thread_depth=depth,  # type: ignore[arg-type]
-                      archive_folder=archive, **{k: float(v) for k, v in rates.items()})
+    return Engagement(delay_min=dmin, delay_max=dmax, max_thread_depth=depth, archive_folder=archive,
+                      reply_rate=rates["reply_rate"], important_rate=rates["important_rate"],
+                      bounce_pause_rate=rates["bounce_pause_rate"],
+                      hold_junk_rate=rates["hold_junk_rate"])
 
 
 def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str, str]) -> Schedule | None:
@@ -635,11 +641,12 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
     mph = _num(c, merged.get("max_per_hour"), p("max_per_hour"), lo=0, integer=True)
     periods = _periods(c, merged.get("periods"), p("periods"))
     ramp = _ramp(c, _table(c, merged.get("ramp"), p("ramp")), p("ramp"))
-    if None in (jitter, micro, gap, mph, periods, ramp) or not tz_ok or not weekdays:
+    if (jitter is None or micro is None or gap is None or mph is None or periods is None
+            or ramp is None or not tz_ok or not isinstance(tzname, str) or not weekdays):
         return None
-    sched = Schedule(timezone=tzname, weekdays=frozenset(weekdays), holidays=hol,  # type: ignore[arg-type]
-                     jitter=jitter, micro_jitter=micro, min_gap=gap, max_per_hour=mph,  # type: ignore[arg-type]
-                     periods=periods, ramp=ramp)  # type: ignore[arg-type]
+    sched = Schedule(timezone=tzname, weekdays=frozenset(weekdays), holidays=hol,
+                     jitter=jitter, micro_jitter=micro, min_gap=gap, max_per_hour=mph,
+                     periods=periods, ramp=ramp)
     # Feasibility: each period's share of the ramp's max must fit in its windows.
     g = sched.effective_gap
     spans = layout_spans(sched.periods, g)
@@ -835,6 +842,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     accounts: list[Account] = []
     account_paths: list[str] = []
     schedule_cache: dict[str, Schedule | None] = {}
+    engagement_cache: dict[str, Engagement | None] = {}
     creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
     for i, (path_i, acc_raw) in enumerate(entries):
         if not isinstance(acc_raw, dict):
@@ -878,12 +886,12 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             schedule_cache[cache_key] = sched
         eng_origin = "defaults" if "engagement" not in acc_raw else path_i
         eng_key = f"eng{i}" if "engagement" in acc_raw else "eng-defaults"
-        if eng_key in schedule_cache:
-            eng = schedule_cache[eng_key]
+        if eng_key in engagement_cache:
+            eng = engagement_cache[eng_key]
         else:
             eng = _engagement(c, _table(c, merged.get("engagement"), f"{eng_origin}.engagement"),
                               f"{eng_origin}.engagement")
-            schedule_cache[eng_key] = eng  # type: ignore[assignment]
+            engagement_cache[eng_key] = eng
         smtp = None
         if "smtp" in acc_raw:
             smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "",
@@ -922,7 +930,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             accounts.append(Account(
                 email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,
                 extra_recipients=tuple(extras), tag=tag, max_attempts=max_attempts,
-                templates=templates, engagement=eng))  # type: ignore[arg-type]
+                templates=templates, engagement=eng))
             account_paths.append(path_i)
 
     if len(accounts) == len(entries):
@@ -930,12 +938,13 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             if len(accounts) < 2 and not acc.extra_recipients:
                 c.add(path_i, f"{acc.email} has no possible recipient: add another account to the pool or set extra_recipients")
 
-    if c.problems:
+    # A value is None only where its problem was recorded; the checks narrow the types.
+    if c.problems or grace is None or retention is None or stop_to is None or stall is None:
         raise ConfigError(c.problems, path)
-    daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,  # type: ignore[arg-type]
-                            retention=retention, log_format=log_format,  # type: ignore[arg-type]
-                            log_level=log_level.lower(), max_concurrent_sends=mcs,  # type: ignore[arg-type]
-                            shutdown_timeout=stop_to, store_stall_limit=stall)  # type: ignore[arg-type]
+    daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,
+                            retention=retention, log_format=log_format,
+                            log_level=log_level.lower(), max_concurrent_sends=mcs,
+                            shutdown_timeout=stop_to, store_stall_limit=stall)
     return Config(path=path, daemon=daemon, accounts=tuple(accounts))
 
 
@@ -946,12 +955,13 @@ def read_socket_path(path: str | os.PathLike[str], env: Mapping[str, str] | None
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "warmupd.sock"
     p = Path(path).absolute()
+    d: dict[str, Any] = {}
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-        d = data.get("daemon", {}) if isinstance(data, dict) else {}
+        daemon = tomllib.loads(p.read_text(encoding="utf-8")).get("daemon")
+        if isinstance(daemon, dict):  # else (daemon = 3) the defaults: `check` reports it
+            d = daemon
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         # Fall back to a line scan so a syntax error elsewhere doesn't hide the socket.
-        d = {}
         try:
             for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
                 m = re.match(r'\s*(socket|state_dir)\s*=\s*"([^"]*)"', line)
@@ -960,7 +970,8 @@ def read_socket_path(path: str | os.PathLike[str], env: Mapping[str, str] | None
         except OSError:
             pass
     base = p.parent
-    if isinstance(d.get("socket"), str):
-        return (base / d["socket"]).resolve()
-    state = d.get("state_dir", "var") if isinstance(d.get("state_dir", "var"), str) else "var"
-    return (base / state).resolve() / "warmupd.sock"
+    sock = d.get("socket")
+    if isinstance(sock, str):
+        return (base / sock).resolve()
+    state = d.get("state_dir", "var")
+    return (base / (state if isinstance(state, str) else "var")).resolve() / "warmupd.sock"

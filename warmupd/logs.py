@@ -18,7 +18,7 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -349,7 +349,7 @@ def configure_logging(
     # The logging HOWTO's "Optimization" switches: no caller frame walk, no thread or
     # process lookups per record. Our lines never show them, and the daemon logs one
     # event per send state change, so this is on the firing path.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -358,7 +358,7 @@ def configure_logging(
 def get_logger(name: str | None = None, **initial_values: Any) -> structlog.stdlib.BoundLogger:
     """A structlog logger (stdlib-backed, so it shares level filtering and output)."""
     args = () if name is None else (name,)  # None: structlog names it after the calling module
-    return cast(structlog.stdlib.BoundLogger, structlog.stdlib.get_logger(*args, **initial_values))
+    return structlog.stdlib.get_logger(*args, **initial_values)
 
 
 def _isatty(stream: IO[str]) -> bool:

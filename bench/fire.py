@@ -47,7 +47,8 @@ import aiosmtplib  # noqa: E402
 from tests.rig.smtp_server import SMTPServerProcess  # noqa: E402
 from warmupd.calendar import local_date, zone  # noqa: E402
 from warmupd.config import load_config  # noqa: E402
-from warmupd.daemon import PREPARE_LEAD, Daemon  # noqa: E402
+from warmupd.daemon import Daemon  # noqa: E402
+from warmupd.firing import PREPARE_LEAD  # noqa: E402
 from warmupd.logs import configure_logging  # noqa: E402
 from warmupd.planner import PlannedSend  # noqa: E402
 from warmupd.smtp import build_message  # noqa: E402
@@ -212,7 +213,7 @@ async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess
     t_start = time.time()
     daemon = await start_daemon(cfg)
     started_in = time.time() - t_start
-    pending_at_start = len(daemon.heap)
+    pending_at_start = len(daemon.firing.timers)
     if time.time() > t0 - PREPARE_LEAD:
         print(f"WARNING: the daemon took {started_in:.1f} s to start; the window opened before it was "
               "ready (raise --startup)", file=sys.stderr)
@@ -220,7 +221,7 @@ async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess
     while time.time() < t0 + args.window + 3:
         await asyncio.sleep(0.5)
         lags.append(daemon.metrics.loop_lag)
-    pending_at_end = len(daemon.heap)
+    pending_at_end = len(daemon.firing.timers)
     await daemon.shutdown()
 
     recs = [r for r in read_records(sink.record)
@@ -243,8 +244,7 @@ async def precision(tmp: Path, args: argparse.Namespace, sink: SMTPServerProcess
 async def db_statuses(db: Path, ids: set[int]) -> dict[str, int]:
     store = await Store.open(db)
     try:
-        async with store.conn.execute("SELECT id, status FROM sends") as cur:
-            rows = await cur.fetchall()
+        rows = await store.read(lambda con: con.execute("SELECT id, status FROM sends").fetchall())
     finally:
         await store.close()
     out: dict[str, int] = {}

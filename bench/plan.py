@@ -34,8 +34,8 @@ from datetime import date
 from pathlib import Path
 
 from warmupd.config import Account, load_config
-from warmupd.daemon import plan_and_persist
 from warmupd.planner import Pool, day_target, new_send_target, plan_day
+from warmupd.planning import plan_and_persist
 from warmupd.store import Store
 from warmupd.timers import TimerHeap
 
@@ -126,9 +126,7 @@ async def plan_persist(db: Path, items: list, seed: int, pool: Pool, chunk: int,
         t0 = time.perf_counter()
         n = await plan_and_persist(store, items, random.Random(seed), pool, chunk=chunk, on_keys=on_keys)
         dt = time.perf_counter() - t0
-        async with store.conn.execute("SELECT count(*) FROM sends") as cur:
-            row = await cur.fetchone()
-        stored = int(row[0]) if row else 0
+        stored = await store.read(lambda con: int(con.execute("SELECT count(*) FROM sends").fetchone()[0]))
     finally:
         await store.close()
     return n, dt, stored

@@ -182,9 +182,9 @@ def seed_plan(tmp_path: Path, sends: Mapping[str, Sequence[float]], *,
         try:
             keys = await store.insert_plan(days)
             for email, status in (statuses or {}).items():
-                await store.conn.execute(
+                await store.write(lambda con, s=status, e=email: con.execute(
                     "UPDATE sends SET status=?, attempts=1, sent_at_ms=at_ms WHERE account=? "
-                    "AND local_date=?", (status, email, day))
+                    "AND local_date=?", (s, e, day)))
             return keys
         finally:
             await store.close()

@@ -10,7 +10,9 @@ a ``Daemon`` in-process on a fake clock.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,7 +45,7 @@ from tests.daemon_helpers import (
 from tests.rig.fixtures import RIG_USERS
 from tests.rig.smtp_server import SMTPServer
 from warmupd.config import load_config
-from warmupd.daemon import Daemon
+from warmupd.planning import Planning
 from warmupd.store import AccountState, Store
 
 LATE_OK = 0.5  # MAIL FROM may come this much after the planned instant, never before
@@ -454,6 +456,23 @@ def test_sigterm_lets_the_send_in_flight_finish(tmp_path: Path, smtp_server: SMT
 # ---------------------------------------------------------------- rollover on a fake clock
 
 
+class RecordingTimers:
+    """Timers that only record what planning hands them (no loop timer on a fake clock)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, int] = {}
+
+    def schedule_keys(self, keys: list[tuple[int, int, str]]) -> None:
+        self.keys.update((ident, due) for due, ident, _ in keys)
+
+    def cancel(self, ident: int, kind: int = 0) -> None:
+        self.keys.pop(ident, None)
+
+
+def _no_spawn(coro: Any, *, critical: bool = False) -> Any:
+    raise AssertionError("nothing is spawned in this test")
+
+
 class FakeClock:
     def __init__(self, t: float) -> None:
         self.t = t
@@ -485,80 +504,80 @@ async def test_rollover_advances_warmup_days_and_plans_tomorrow(tmp_path: Path) 
         await store.upsert_account(AccountState(email, 5, (friday - timedelta(days=1)).isoformat(),
                                                 None, None, None, None))
     await store.insert_plan(days)
-    await store.conn.execute("UPDATE sends SET status='sent', attempts=1 WHERE account IN (?, ?)",
-                             (ALICE, CAROL))
-    await store.conn.execute("UPDATE sends SET status='failed', attempts=1, last_error='550' "
-                             "WHERE account=?", (BOB,))
+    await store.write(lambda con: con.execute(
+        "UPDATE sends SET status='sent', attempts=1 WHERE account IN (?, ?)", (ALICE, CAROL)))
+    await store.write(lambda con: con.execute(
+        "UPDATE sends SET status='failed', attempts=1, last_error='550' WHERE account=?", (BOB,)))
 
     clock = FakeClock(_utc(friday, 23, 59, 59.0))
-    daemon = Daemon(config, clock=clock)
-    # No real timer loop on a fake clock: jumping a day ahead would make every planned
-    # send of the day before due at once.
-    daemon._arm = lambda: None  # type: ignore[method-assign]
-    daemon.store = store
-    daemon.states = await store.account_states()
+    # No real timer loop on a fake clock (jumping a day ahead would make every planned
+    # send of the day before due at once): the timers only record what they are given.
+    timers = RecordingTimers()
+    planning = Planning(config=lambda: config, store=store, clock=clock, rng=random.Random(7),
+                        timers=timers, spawn=_no_spawn)
+    await planning.load()
 
     async def batches(local_date: date) -> dict[str, tuple[int, int, int]]:
         """{account: (warmup_day, target, rows)} of the day's plan."""
-        async with store.conn.execute(
-            "SELECT account, warmup_day, target, last_id - first_id + 1 FROM plan_batches "
-            "WHERE local_date=?", (local_date.isoformat(),)) as cur:
+        def q(con: sqlite3.Connection) -> dict[str, tuple[int, int, int]]:
             out: dict[str, tuple[int, int, int]] = {}
-            for acc, wd, target, n in await cur.fetchall():
+            for acc, wd, target, n in con.execute(
+                    "SELECT account, warmup_day, target, last_id - first_id + 1 FROM plan_batches "
+                    "WHERE local_date=?", (local_date.isoformat(),)):
                 w0, t0, n0 = out.get(acc, (wd, target, 0))
                 out[acc] = (wd, target, n0 + n)
             return out
+        return await store.read(q)
 
     async def rows_of(email: str, local_date: date) -> list[Any]:
         return await store.day_rows(email, local_date.isoformat())
 
     try:
         # 23:59:59 on Friday: Friday is planned, nothing more to do, nothing advanced yet.
-        await daemon._plan_missing()
+        await planning.plan_missing()
         assert await batches(saturday) == {}
-        assert daemon.states[ALICE].warmup_day == 5
+        assert planning.states[ALICE].warmup_day == 5
 
         # Past midnight: Saturday.
         clock.t = _utc(saturday, 0, 0, 0.5)
-        await daemon.rollover("UTC")
+        await planning.rollover("UTC")
         sat = await batches(saturday)
         assert sat[ALICE][:2] == (6, 12), sat  # alice sent on Friday: day 6, 2 + 2 * 5
         assert len(await rows_of(ALICE, saturday)) == 12
         assert sat[BOB][:2] == (5, 10), sat  # bob sent nothing on Friday: still day 5
         assert len(await rows_of(BOB, saturday)) == 10
         assert await rows_of(CAROL, saturday) == []  # a weekend day for carol: nothing
-        assert daemon.states[CAROL].warmup_day == 6
+        assert planning.states[CAROL].warmup_day == 6
         win = (_utc(saturday, 9), _utc(saturday, 17))
         for r in await rows_of(ALICE, saturday) + await rows_of(BOB, saturday):
             assert win[0] <= r.at_ms / 1000 < win[1] and r.status == "pending"
-        assert len(daemon.heap) == 22
+        assert len(timers.keys) == 22
         st = await store.account_states()
         assert (st[ALICE].warmup_day, st[ALICE].advanced_through) == (6, day0)
 
         # Saturday went by with no send made: Sunday keeps alice on day 6.
         clock.t = _utc(sunday, 0, 0, 0.2)
-        await daemon.rollover("UTC")
+        await planning.rollover("UTC")
         sun = await batches(sunday)
         assert sun[ALICE][:2] == (6, 12) and sun[BOB][:2] == (5, 10), sun
         assert await rows_of(CAROL, sunday) == []
 
         # Monday: carol's weekend did not count either; she plans warmup day 6.
         # alice sent on Sunday (marked here), so she moves on to day 7.
-        await store.conn.execute("UPDATE sends SET status='sent' WHERE account=? AND local_date=?",
-                                 (ALICE, sunday.isoformat()))
+        await store.write(lambda con: con.execute(
+            "UPDATE sends SET status='sent' WHERE account=? AND local_date=?", (ALICE, sunday.isoformat())))
         clock.t = _utc(monday, 0, 0, 0.2)
-        await daemon.rollover("UTC")
+        await planning.rollover("UTC")
         mon = await batches(monday)
         assert mon[CAROL][:2] == (6, 12), mon
         assert len(await rows_of(CAROL, monday)) == 12
         assert mon[ALICE][:2] == (7, 14), mon
         assert mon[BOB][:2] == (5, 10), mon
         # A second rollover call for the same day plans nothing twice.
-        await daemon.rollover("UTC")
+        await planning.rollover("UTC")
         assert await batches(monday) == mon
     finally:
-        for h in daemon._rollovers.values():
-            h.cancel()
+        planning.stop()
         await store.close()
 
 
@@ -598,11 +617,10 @@ async def test_concurrent_writes_on_the_store_do_not_collide(tmp_path: Path) -> 
 
         await asyncio.wait_for(asyncio.gather(transitions(), plans(), pauses(), cleanups()), 30)
         await store.flush()
-        async with store.conn.execute("SELECT account, status, count(*) FROM sends GROUP BY 1, 2") as cur:
-            counts = {(a, st): n for a, st, n in await cur.fetchall()}
+        counts = await store.read(lambda con: {(a, st): n for a, st, n in con.execute(
+            "SELECT account, status, count(*) FROM sends GROUP BY 1, 2")})
         assert counts[(ALICE, "skipped")] == 60 and sum(counts.values()) == 90, counts
-        async with store.conn.execute("SELECT count(*) FROM plan_batches") as cur:
-            assert (await cur.fetchone())[0] == 31
+        assert await store.read(lambda con: con.execute("SELECT count(*) FROM plan_batches").fetchone()[0]) == 31
     finally:
         await store.close()
 

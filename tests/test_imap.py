@@ -269,10 +269,10 @@ async def test_rescue_open_flag_reply_and_counts(clean_mailrig: MailRig, tmp_pat
         assert eng.totals_today()["received"] == 6
 
         # one of alice's three landed in junk: more than 10 % -> her ramp is held three days
-        st = daemon.states[ALICE]
+        st = daemon.planning.states[ALICE]
         assert st.hold_until == (local_date("UTC", time.time()) + timedelta(days=3)).isoformat()
         assert "junk" in (st.hold_reason or "")
-        assert daemon.states[BOB].hold_until is None
+        assert daemon.planning.states[BOB].hold_until is None
     with db(config) as con:
         rows = con.execute("SELECT send_id, placement, delay_ms FROM received WHERE account=? ORDER BY send_id",
                            (BOB,)).fetchall()
@@ -311,8 +311,8 @@ async def test_bounce_reconnect_backoff_and_a_dead_server_stays_local(
 
                 # a bounce of s1 lands in alice's INBOX: s1 is marked bounced, alice (1 of 1) paused
                 await asyncio.to_thread(rig.append, ALICE, "INBOX", dsn_message(ALICE, s1.id, s1.message_id))
-                await wait_until("alice paused", lambda: daemon.states[ALICE].paused_reason, 10)
-                assert "bounce" in (daemon.states[ALICE].paused_reason or "")
+                await wait_until("alice paused", lambda: daemon.planning.states[ALICE].paused_reason, 10)
+                assert "bounce" in (daemon.planning.states[ALICE].paused_reason or "")
 
                 # Dovecot goes away and comes back: both reconnect, with growing delays
                 await asyncio.to_thread(rig.stop_imap)

@@ -14,7 +14,7 @@ read with ``BODY.PEEK`` so scanning never marks anything seen. Each warmup messa
 is recorded once (table ``received``) with its placement, and its actions are
 planned in the same transaction (table ``actions``), each after a heavy-tailed
 human delay inside ``engagement.delay_min..delay_max`` and moved into the
-receiver's own windows and sending days. Actions sit in the daemon's timer heap
+receiver's own windows and sending days. Actions sit in the timers (firing.py)
 (kind ACTION) and are re-armed from the table after a restart. Every action is
 idempotent on the server (setting flags, moving only what is still in junk, a
 reply keyed by a Message-ID derived from the action), and ``done`` is committed
@@ -38,25 +38,23 @@ import math
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from email.message import EmailMessage, Message
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aioimaplib
 
+from . import faults
 from .calendar import day_bounds, is_sending_day, iso_utc, local_date, window_spans
 from .config import Account, Server
 from .logs import get_logger
 from .planner import PlannedSend, day_target
 from .smtp import build_message
-from .store import ActionRow, SendRow
+from .store import AccountState, ActionRow, SendRow, Store
 from .timers import ACTION, SEND
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
 IDLE_MAX = 29 * 60.0  # RFC 2177: re-issue IDLE at least every 29 minutes
 SCAN_SINCE_DAYS = 3  # on (re)start, messages of the last days are looked at
@@ -616,7 +614,7 @@ class Watcher:
             self.last_uid.pop(folder, None)
         last = self.last_uid.get(folder)
         if last is None:
-            since = date.fromtimestamp(self.eng.daemon.now()) - timedelta(days=SCAN_SINCE_DAYS)
+            since = date.fromtimestamp(self.eng.host.now()) - timedelta(days=SCAN_SINCE_DAYS)
             uids = await self.search("SINCE", since.strftime("%d-%b-%Y"))
         elif uidnext is not None and uidnext - 1 <= last:
             return
@@ -644,6 +642,23 @@ class FolderError(Exception):
 # ---------------------------------------------------------------- the engagement
 
 
+class EngagementHost(Protocol):
+    """The few things engagement needs of the daemon (daemon.py implements it)."""
+
+    store: Store
+    rng: random.Random
+
+    def now(self) -> float: ...
+    def today(self, account: Account) -> date: ...
+    @property
+    def accounts(self) -> Sequence[Account]: ...
+    def account(self, email: str) -> Account | None: ...
+    def state(self, email: str) -> AccountState | None: ...
+    def schedule(self, due_ms: int, ident: int, kind: int = ...) -> None: ...
+    def cancel(self, ident: int, kind: int = ...) -> None: ...
+    async def pause(self, email: str, reason: str) -> None: ...
+
+
 class Engagement:
     """All accounts' IMAP engagement; created by the daemon when any account has ``imap``."""
 
@@ -652,10 +667,10 @@ class Engagement:
     action_retry_base = _env_float("WARMUPD_ACTION_RETRY_BASE", 60.0)
     refresh_interval = 30.0
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, host: EngagementHost) -> None:
+        self.host = host
         self.log = get_logger("warmupd.imap")
-        self.rng = daemon.rng
+        self.rng = host.rng
         self.watchers: dict[str, Watcher] = {}
         self.stopping = False
         self._cache: dict[str, dict[str, Any]] = {}
@@ -664,16 +679,11 @@ class Engagement:
         self.counters: dict[tuple[str, str], int] = {}
 
     @property
-    def store(self) -> Any:
-        assert self.daemon.store is not None
-        return self.daemon.store
+    def store(self) -> Store:
+        return self.host.store
 
     def _account(self, email_: str) -> Account | None:
-        e = email_.strip().lower()
-        for a in self.daemon.config.accounts:
-            if a.email.lower() == e:
-                return a
-        return None
+        return self.host.account(email_)
 
     def _count(self, account: str, what: str, n: int = 1) -> None:
         self.counters[(account, what)] = self.counters.get((account, what), 0) + n
@@ -688,19 +698,19 @@ class Engagement:
     async def start(self) -> None:
         """Re-arm pending actions, open one connection per IMAP account."""
         pending = await self.store.pending_actions()
-        for a in pending:
-            self.daemon.heap.push(a.due_ms, a.id, kind=ACTION)
+        for act in pending:
+            self.host.schedule(act.due_ms, act.id, ACTION)
         if pending:
             self.log.info("engagement actions recovered", pending=len(pending))
         self.sync_accounts()
-        for a in self.daemon.config.accounts:
+        for a in self.host.accounts:
             if a.imap is not None:
                 await self.refresh(a.email)
         self._spawn(self._refresh_loop())
 
     def sync_accounts(self) -> None:
         """Start watchers for accounts that gained ``imap`` (after a reload), stop the others."""
-        want = {a.email: a for a in self.daemon.config.accounts if a.imap is not None}
+        want = {a.email: a for a in self.host.accounts if a.imap is not None}
         for email_, w in list(self.watchers.items()):
             if email_ not in want or want[email_].imap != w.server or want[email_] != w.account:
                 self.watchers.pop(email_)
@@ -734,7 +744,7 @@ class Engagement:
             return  # our own mail (e.g. a copy to self): not engagement
         if await self.store.was_received(row.id, receiver.email):
             return
-        now = self.daemon.now()
+        now = self.host.now()
         eng = receiver.engagement
         rng = self.rng
 
@@ -768,8 +778,7 @@ class Engagement:
                       folder=folder, placement=placement, depth=depth, delay_s=round(delay_ms / 1000, 3),
                       actions=[f"{r.kind}@{iso_utc(r.due_ms / 1000)}" for r in rows])
         for r in rows:
-            self.daemon.heap.push(r.due_ms, r.id, kind=ACTION)
-        self.daemon._arm()
+            self.host.schedule(r.due_ms, r.id, ACTION)
         self._schedule_refresh(receiver.email)
         await self._check_hold(row)
 
@@ -785,7 +794,7 @@ class Engagement:
         if row is None and mid:
             sender = self._account(parseaddr(_h(hdrs, "From"))[1])
             if sender is not None:
-                today = local_date(sender.timezone, self.daemon.now())
+                today = local_date(sender.timezone, self.host.now())
                 dates = [(today - timedelta(days=d)).isoformat() for d in range(-1, SCAN_SINCE_DAYS + 1)]
                 row = await self.store.by_message_id(mid, sender.email, dates)
         if row is None:
@@ -808,8 +817,8 @@ class Engagement:
                 break
         if row is None:
             for mid in mids:
-                for acc in [w.account, *self.daemon.config.accounts]:
-                    today = local_date(acc.timezone, self.daemon.now())
+                for acc in [w.account, *self.host.accounts]:
+                    today = local_date(acc.timezone, self.host.now())
                     dates = [(today - timedelta(days=d)).isoformat() for d in range(-1, 8)]
                     row = await self.store.by_message_id(mid, acc.email, dates)
                     if row is not None:
@@ -825,13 +834,13 @@ class Engagement:
         self._schedule_refresh(row.account)
         if sender is None:
             return
-        st = self.daemon.states.get(sender.email)
+        st = self.host.state(sender.email)
         if st is not None and st.paused_reason:
             return
-        since = (self.daemon.today(sender) - timedelta(days=30)).isoformat()
+        since = (self.host.today(sender) - timedelta(days=30)).isoformat()
         bounced, total = await self.store.bounce_window(sender.email, since, BOUNCE_WINDOW)
         if total and bounced / total > sender.engagement.bounce_pause_rate:
-            await self.daemon.pause(sender.email, f"bounces: {bounced} of the last {total} sends bounced "
+            await self.host.pause(sender.email, f"bounces: {bounced} of the last {total} sends bounced "
                                                   f"(more than {sender.engagement.bounce_pause_rate:.0%})")
 
     async def _check_hold(self, row: SendRow) -> None:
@@ -839,10 +848,10 @@ class Engagement:
         sender = self._account(row.account)
         if sender is None:
             return
-        st = self.daemon.states.get(sender.email)
+        st = self.host.state(sender.email)
         if st is None:
             return
-        today = self.daemon.today(sender)
+        today = self.host.today(sender)
         if st.hold_until and st.hold_until > today.isoformat():
             return
         dates = await self.store.sent_dates(sender.email, (today - timedelta(days=60)).isoformat(),
@@ -863,7 +872,7 @@ class Engagement:
         cut = len(pending) - round(len(pending) * HOLD_CUT)
         skipped = await self.store.skip_ids(sender.email, self.rng.sample(pending, cut), "hold") if cut else []
         for i in skipped:
-            self.daemon.heap.cancel(i)
+            self.host.cancel(i)
         self.log.warning("ramp held", account=sender.email, hold_until=st.hold_until, reason=st.hold_reason,
                          skipped_today=len(skipped))
 
@@ -877,13 +886,12 @@ class Engagement:
         if account is None or account.imap is None:
             await self._finish(action, "skipped", "account no longer engages over IMAP")
             return
-        now = self.daemon.now()
+        now = self.host.now()
         at = next_window(account, now, self.rng, spread=account.engagement.delay_min)
         if at > now + 1.0:  # outside the receiver's hours (e.g. recovered after a restart)
             action.due_ms = int(at * 1000)
             await self.store.update_action(action)
-            self.daemon.heap.push(action.due_ms, action.id, kind=ACTION)
-            self.daemon._arm()
+            self.host.schedule(action.due_ms, action.id, ACTION)
             return
         w = self.watchers.get(account.email)
         try:
@@ -899,6 +907,7 @@ class Engagement:
             await self._finish(action, "failed", f"{type(e).__name__}: {e}")
             return
         if status is not None:
+            faults.point("imap.action")
             await self._finish(action, status, detail)
 
     async def _retry(self, account: Account, action: ActionRow, error: str) -> None:
@@ -907,12 +916,11 @@ class Engagement:
             await self._finish(action, "failed", f"gave up after {action.attempts} attempts: {error}")
             return
         base = self.action_retry_base * 2 ** (action.attempts - 1) * (0.5 + self.rng.random())
-        at = next_window(account, self.daemon.now() + base, self.rng)
+        at = next_window(account, self.host.now() + base, self.rng)
         action.due_ms = int(at * 1000)
         action.detail = f"retry: {error}"
         await self.store.update_action(action)
-        self.daemon.heap.push(action.due_ms, action.id, kind=ACTION)
-        self.daemon._arm()
+        self.host.schedule(action.due_ms, action.id, ACTION)
         self.log.info("engagement action retry", account=account.email, action_id=action.id, kind=action.kind,
                       attempts=action.attempts, retry_at=iso_utc(at), error=error)
 
@@ -972,13 +980,12 @@ class Engagement:
 
     async def _reply(self, w: Watcher, account: Account, action: ActionRow,
                      original: SendRow) -> tuple[str | None, str | None]:
-        daemon = self.daemon
-        st = daemon.states.get(account.email)
+        st = self.host.state(account.email)
         if st is not None and st.paused_reason:
             return "skipped", f"paused: {st.paused_reason}"
         if account.smtp is None:
             return "skipped", "no SMTP account to reply from"
-        today = daemon.today(account)
+        today = self.host.today(account)
         day = today.isoformat()
         if (account.email, day) not in await self.store.planned_days([day]):
             return "skipped", "the day is not planned (yet)"
@@ -1010,25 +1017,28 @@ class Engagement:
         orig = email.message_from_bytes(fetched[1], policy=email.policy.default)
         assert isinstance(orig, EmailMessage)
         subject, body, refs = compose_reply(orig, account, self.rng)
-        now = daemon.now()
+        now = self.host.now()
         if existing is None:
             ps = PlannedSend(round(now, 3), "reply", original.account, mid)
-            at_ms, reply_id = await self.store.insert_reply(action.id, account.email, day, wday, target, ps,
-                                                            original.id, depth + 1, subject, body,
-                                                            original.message_id, refs)
+            made = await self.store.insert_reply(action.id, account.email, day, wday, target, ps,
+                                                 original.id, depth + 1, subject, body,
+                                                 original.message_id, refs)
+            if made is None:
+                return None, None  # the action was settled meanwhile (e.g. skipped by a pause)
+            at_ms, reply_id = made
             status = "pending"
         else:  # planned before, its action not marked done (a crash in between): link it again
             reply_id, at_ms, status = existing.id, existing.due_ms, existing.status
-            await self.store.link_reply(action.id, reply_id, original.id, depth + 1, subject, body,
-                                        original.message_id, refs)
+            if not await self.store.link_reply(action.id, reply_id, original.id, depth + 1, subject, body,
+                                               original.message_id, refs):
+                return None, None
         action.status, action.detail = "done", f"reply send {reply_id}"
         self._count(account.email, "replied")
         self.log.info("engagement reply", account=account.email, action_id=action.id, send_id=original.id,
                       reply_send_id=reply_id, recipient=original.account, depth=depth + 1,
                       at=iso_utc(at_ms / 1000))
         if status == "pending":
-            daemon.heap.push(at_ms, reply_id, kind=SEND)
-            daemon._arm()
+            self.host.schedule(at_ms, reply_id, SEND)
         self._schedule_refresh(account.email)
         return None, None  # already committed with the reply
 
@@ -1058,7 +1068,7 @@ class Engagement:
     def today(self, email_: str) -> dict[str, Any]:
         """Today's engagement counts of an account (its local day), from the last refresh."""
         account = self._account(email_)
-        day = self.daemon.today(account).isoformat() if account else None
+        day = self.host.today(account).isoformat() if account else None
         c = self._cache.get(email_)
         if c is None or c.get("date") != day:
             self._schedule_refresh(email_)
@@ -1068,7 +1078,7 @@ class Engagement:
 
     def totals_today(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for a in self.daemon.config.accounts:
+        for a in self.host.accounts:
             if a.imap is None:
                 continue
             for k, v in self.today(a.email).items():
@@ -1080,9 +1090,9 @@ class Engagement:
     async def refresh(self, email_: str) -> dict[str, Any]:
         """Recount an account's day from the database (what ``today`` returns)."""
         account = self._account(email_)
-        if account is None or self.daemon.store is None:
+        if account is None:
             return {}
-        day = self.daemon.today(account)
+        day = self.host.today(account)
         start, end = day_bounds(account.timezone, day)
         c: dict[str, Any] = await self.store.engagement_day(account.email, day.isoformat(),
                                                             int(start * 1000), int(end * 1000))
@@ -1108,7 +1118,7 @@ class Engagement:
     async def _refresh_loop(self) -> None:
         while not self.stopping:
             await asyncio.sleep(self.refresh_interval)
-            for a in self.daemon.config.accounts:
+            for a in self.host.accounts:
                 if a.imap is not None:
                     with contextlib.suppress(Exception):
                         await self.refresh(a.email)

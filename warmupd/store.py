@@ -1,8 +1,31 @@
 """The only module with SQL: schema, migrations and every query.
 
-SQLite through aiosqlite, WAL, one connection that does all the writing.
-Instants are stored as integer milliseconds since the epoch (UTC).
+SQLite in WAL mode through the standard library's ``sqlite3``, each connection
+on a thread of its own (this module owns those threads openly; no async
+wrapper library in between):
 
+* the **writer**: every write of the daemon is one function that runs as one
+  transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``) on this thread, through
+  ``Store.write``. One thread, one transaction at a time: no write can join or
+  roll back another's, and ids are handed out only here (``_reserve_ids``).
+* the **hot reader**: the short reads of the firing and engagement paths.
+* the **cold reader**: the control socket's reads (status over a whole pool can
+  take a while), so they never queue behind a plan chunk on the writer nor hold
+  up a send's row read. Under WAL readers never wait for the writer.
+
+Every state change of a send is conditional on the status it expects
+(``WHERE id=? AND status=?``): a change that loses a race (a pause, removal or
+re-plan got there first) is dropped and reported to the caller, never written
+over the winner.
+
+Failures: a transient error (``SQLITE_BUSY``/``LOCKED``: another process holds the
+write lock) is retried with backoff; a persistent one (disk full, I/O error,
+read-only file) is retried too, more slowly, while ``Store.health`` says what
+is wrong and since when, so that the daemon can stop starting sends, show it,
+and let systemd's watchdog restart it past a bound. The transaction a retry
+carries is never lost while the process lives. A corrupt file is fatal.
+
+Instants are stored as integer milliseconds since the epoch (UTC).
 Durability: ``synchronous=FULL`` so that a committed transition survives a
 power cut, not only a crash of the process. State transitions of sends are
 grouped by ``Store.commit_send`` (a few ms at most) so that many concurrent
@@ -13,15 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
+from . import faults
+from .logs import get_logger
+
+T = TypeVar("T")
+log = get_logger("warmupd.store")
 
 APPLICATION_ID = 0x57524D55  # "WRMU": marks a file as a warmupd database
 STATUSES = ("pending", "sending", "sent", "failed", "skipped", "uncertain")
@@ -30,6 +59,32 @@ FINISHED = ("sent", "failed", "skipped", "uncertain")
 
 class StoreError(Exception):
     """The database cannot be used; the message says why and what to do."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed while a call waited for it."""
+
+
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
+_TRANSIENT = {5: "busy", 6: "locked"}  # SQLITE_BUSY, SQLITE_LOCKED: another writer holds the lock
+_PERSISTENT = {7: "out of memory", 8: "read-only", 10: "I/O error", 13: "disk full",
+               14: "cannot open", 15: "locking protocol"}
+_FATAL = {11: "corrupt", 26: "not a database"}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def classify(e: BaseException) -> str | None:
+    """"transient", "persistent" or "fatal" for an SQLite error; None for anything else
+    (a constraint or an SQL mistake: a bug, not the storage)."""
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _TRANSIENT:
+        return "transient"
+    if code in _PERSISTENT:
+        return "persistent"
+    if code in _FATAL:
+        return "fatal"
+    return None
 
 
 MIGRATIONS: list[str] = [
@@ -228,8 +283,10 @@ def now_ms() -> int:
 
 
 def check_file(path: Path) -> int:
-    """Refuse, without writing to it, a file that is not a warmupd database
-    or is newer than this code. Returns its schema version (0 for new)."""
+    """Refuse, without writing to it, a file that is not a warmupd database, is
+    damaged, or is newer than this code. Returns its schema version (0 for new).
+
+    Opened read-only: a damaged file is left byte for byte as it was."""
     if not path.exists() or path.stat().st_size == 0:
         return 0
     with path.open("rb") as f:
@@ -242,10 +299,18 @@ def check_file(path: Path) -> int:
         app_id = con.execute("PRAGMA application_id").fetchone()[0]
         version = con.execute("PRAGMA user_version").fetchone()[0]
         tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        # quick_check reads every page (not the index-vs-table cross checks of
+        # integrity_check): a damaged file is caught here, before any write.
+        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as e:
-        raise StoreError(f"{path}: cannot read the database ({e}); refusing to touch it") from None
+        raise StoreError(f"{path}: cannot read the database ({e}); refusing to touch it: "
+                         "restore a backup or move the file away to start afresh") from None
     finally:
         con.close()
+    if problems != ["ok"]:
+        what = "; ".join(" ".join(str(p).split()) for p in problems)
+        raise StoreError(f"{path}: the database is damaged ({what}); refusing to "
+                         "touch it: restore a backup or move the file away to start afresh")
     if app_id != APPLICATION_ID and (tables or version):
         raise StoreError(f"{path} is a SQLite database of another program; refusing to touch it: "
                          "point state_dir at a folder of its own")
@@ -255,23 +320,89 @@ def check_file(path: Path) -> int:
     return int(version)
 
 
+@dataclass
+class Health:
+    """What is wrong with the store now, if anything (``Store.health``)."""
+
+    error: str | None = None   # one line: what failed and what to do
+    kind: str | None = None    # "transient" | "persistent"
+    since: float | None = None  # time.time() of the first failure of this spell
+    retries: int = 0           # failed attempts in this spell
+    spells: int = 0            # spells of trouble since start
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def stalled_for(self, now: float) -> float:
+        return 0.0 if self.since is None else max(0.0, now - self.since)
+
+
+class _Thread:
+    """One sqlite3 connection and the one thread that uses it.
+
+    The connection is created on that thread and never touched from another
+    (sqlite3's own same-thread check stays on)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"warmupd-{name}")
+        self.con: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def connect(self, path: Path, pragmas: Sequence[str]) -> None:
+        """On the thread: open the connection (autocommit: transactions are explicit)."""
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            for p in pragmas:
+                con.execute(p)
+        except BaseException:
+            con.close()
+            raise
+        self.con = con
+
+    def conn(self) -> sqlite3.Connection:
+        assert self.con is not None, f"store {self.name} connection is not open"
+        return self.con
+
+    def close_sync(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    async def close(self) -> None:
+        try:
+            await self.call(self.close_sync)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class Store:
     """The state database. Create with ``await Store.open(path)``."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self.conn = conn
+    # Backoff of a failing write: transient (another process holds the lock) and persistent.
+    TRANSIENT_BACKOFF = (0.01, 0.5)
+    PERSISTENT_BACKOFF = (0.1, 5.0)
+    BUSY_TIMEOUT_MS = 100  # SQLite's own wait inside one attempt; the retry loop does the rest
+    CLEANUP_BATCH = 5000
+
+    def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread) -> None:
         self.path = path
-        self._batch: list[tuple[SendRow, str | None, str | None]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flush_task: asyncio.Task[None] | None = None
-        self._next_id = 0
+        self._writer, self._hot, self._cold = writer, hot, cold
+        self.health = Health()
         self.commits = 0
-        # One write transaction at a time on the one connection: a grouped commit of
-        # flush() awaits between its statements, and a BEGIN of insert_plan,
-        # skip_pending or cleanup coming in between fails ("within a transaction").
-        self._txn = asyncio.Lock()
+        self._next_id = 0  # touched only on the writer thread, inside a transaction
+        self._batch: list[tuple[SendRow, str | None, str | None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._closed = False
+        self._rng = random.Random()
         # insert_plan through json_each (JSON built in and MATERIALIZED: 3.38+), else executemany
         self._json_insert = sqlite3.sqlite_version_info >= (3, 38, 0)
+        self.on_health: Callable[[Health], None] | None = None  # called when health changes
 
     # ------------------------------------------------------------ life cycle
 
@@ -279,49 +410,174 @@ class Store:
     async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         version = check_file(path)
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        base = [f"PRAGMA busy_timeout={cls.BUSY_TIMEOUT_MS}"]
+        writer, hot, cold = _Thread("store-writer"), _Thread("store-hot"), _Thread("store-cold")
+        opened: list[_Thread] = []
         try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute(f"PRAGMA synchronous={synchronous}")
-            await conn.execute("PRAGMA foreign_keys=ON")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            await conn.execute("PRAGMA cache_size=-262144")  # 256 MiB at most, for big plans
-            store = cls(conn, path)
-            await store._migrate(version)
-            async with conn.execute("SELECT seq FROM sqlite_sequence WHERE name='sends'") as cur:
-                row = await cur.fetchone()
-            store._next_id = (row[0] if row else 0) + 1
+            await writer.call(writer.connect, path, [
+                *base, "PRAGMA journal_mode=WAL", f"PRAGMA synchronous={synchronous}",
+                "PRAGMA foreign_keys=ON", "PRAGMA cache_size=-262144"])  # 256 MiB at most, for big plans
+            opened.append(writer)
+            store = cls(path, writer, hot, cold)
+            await writer.call(store._migrate_sync, version)
+            store._next_id = await writer.call(store._first_free_id)
+            for t in (hot, cold):
+                await t.call(t.connect, path, [*base, "PRAGMA query_only=ON", "PRAGMA cache_size=-65536"])
+                opened.append(t)
+        except sqlite3.Error as e:
+            for t in (writer, hot, cold):
+                await t.close()
+            raise StoreError(f"{path}: cannot open the database: {e}"
+                             + _advice(classify(e))) from None
         except BaseException:
-            await conn.close()
+            for t in (writer, hot, cold):
+                await t.close()
             raise
         return store
 
-    async def _migrate(self, version: int) -> None:
+    def _migrate_sync(self, version: int) -> None:
+        con = self._writer.conn()
         for v in range(version, SCHEMA_VERSION):
             # Each step and its version bump commit together: a crash mid-way
             # leaves the file at the previous version, to be redone next start.
             script = f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version={v + 1};\n"
             if v == 0:
                 script += f"PRAGMA application_id={APPLICATION_ID};\n"
-            await self.conn.executescript(script + "COMMIT;")
+            try:
+                con.executescript(script + "COMMIT;")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+    def _first_free_id(self) -> int:
+        con = self._writer.conn()
+        row = con.execute("SELECT seq FROM sqlite_sequence WHERE name='sends'").fetchone()
+        top = con.execute("SELECT max(last_id) FROM plan_batches").fetchone()
+        return max(row[0] if row else 0, (top[0] or 0) if top else 0) + 1
 
     async def close(self) -> None:
-        await self.flush()
-        await self.conn.close()
+        try:
+            if not self._closed:
+                await self.flush()
+        finally:
+            self._closed = True
+            for t in (self._writer, self._hot, self._cold):
+                await t.close()
 
     async def schema_version(self) -> int:
-        async with self.conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await self.read(lambda con: int(con.execute("PRAGMA user_version").fetchone()[0]), cold=True)
+
+    # ------------------------------------------------------------ the discipline
+
+    def _reserve_ids(self, n: int) -> int:
+        """The one place ids are handed out; only inside a transaction on the writer
+        thread (``write`` puts the counter back if the transaction rolls back)."""
+        base = self._next_id
+        self._next_id = base + n
+        return base
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """On the writer thread: ``fn`` as one transaction."""
+        con = self._writer.conn()
+        next_id = self._next_id
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(con)
+            con.execute("COMMIT")
+        except BaseException:
+            self._next_id = next_id
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return out
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], what: str = "write") -> T:
+        """Run ``fn(connection)`` as one transaction on the writer thread, durably.
+
+        ``fn`` must only use the connection it is given (it may run more than once:
+        a failed attempt is rolled back and retried). Transient and persistent
+        storage errors are retried with backoff until they pass or the store is
+        closed; the time they take shows in ``health``. Anything else is raised."""
+        attempt = 0
+        while True:
+            if self._closed:
+                raise StoreClosed(f"{self.path}: the store is closed ({what} not written)")
+            try:
+                out: T = await self._writer.call(self._transaction, fn)
+            except sqlite3.Error as e:
+                kind = classify(e)
+                if kind in ("transient", "persistent"):
+                    attempt += 1
+                    self._trouble(kind, f"{what}: {e}", attempt)
+                    lo, hi = self.TRANSIENT_BACKOFF if kind == "transient" else self.PERSISTENT_BACKOFF
+                    await asyncio.sleep(min(hi, lo * 2 ** min(attempt - 1, 20)) * (0.5 + self._rng.random()))
+                    continue
+                if kind == "fatal":
+                    raise StoreError(f"{self.path}: {e}" + _advice(kind)) from e
+                raise
+            self.commits += 1
+            if not self.health.ok:
+                self._recovered()
+            return out
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False,
+                   attempts: int = 50) -> T:
+        """Run ``fn(connection)`` on a reader (``cold``: the control socket's) and return
+        what it returns. Transient errors are retried a bounded number of times."""
+        t = self._cold if cold else self._hot
+
+        def run() -> T:
+            return fn(t.conn())
+
+        for attempt in range(1, attempts + 1):
+            if self._closed:
+                raise StoreClosed(f"{self.path}: the store is closed")
+            try:
+                return await t.call(run)
+            except sqlite3.Error as e:
+                kind = classify(e)
+                if kind == "fatal":
+                    raise StoreError(f"{self.path}: {e}" + _advice(kind)) from e
+                if kind is None or attempt == attempts:
+                    raise
+                await asyncio.sleep(min(0.5, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def _trouble(self, kind: str, error: str, attempt: int) -> None:
+        h = self.health
+        first = h.ok
+        h.error = f"{self.path}: {error}" + _advice(kind)
+        h.kind = kind
+        h.retries += 1
+        if first:
+            h.since = time.time()
+            h.spells += 1
+            log.warning("store unavailable; retrying", error=h.error, kind=kind)
+            if self.on_health is not None:
+                self.on_health(h)
+        elif attempt in (10, 100, 1000):
+            log.warning("store still unavailable; retrying", error=h.error, kind=kind, attempts=attempt,
+                        for_s=round(h.stalled_for(time.time()), 1))
+
+    def _recovered(self) -> None:
+        h = self.health
+        log.info("store working again", after_s=round(h.stalled_for(time.time()), 3),
+                 failed_attempts=h.retries, was=h.error)
+        h.error = h.kind = None
+        h.since = None
+        h.retries = 0
+        if self.on_health is not None:
+            self.on_health(h)
 
     # ------------------------------------------------------------ accounts
 
     async def account_states(self) -> dict[str, AccountState]:
-        async with self.conn.execute(
-            "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
-            "hold_reason FROM accounts"
-        ) as cur:
-            return {r[0]: AccountState(*r) for r in await cur.fetchall()}
+        def q(con: sqlite3.Connection) -> dict[str, AccountState]:
+            return {r[0]: AccountState(*r) for r in con.execute(
+                "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
+                "hold_reason FROM accounts")}
+        return await self.read(q)
 
     async def upsert_account(self, st: AccountState) -> None:
         await self.upsert_accounts([st])
@@ -334,31 +590,38 @@ class Store:
         rows = [(st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
                  st.hold_until, st.hold_reason, stamp) for st in states]
 
-        def write(con: sqlite3.Connection) -> None:
-            con.execute("BEGIN")
-            try:
-                con.executemany(
-                    "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
-                    "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
-                    "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
-                    "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
-                    "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", rows)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        def fn(con: sqlite3.Connection) -> None:
+            con.executemany(
+                "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
+                "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
+                "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
+                "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
+                "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", rows)
 
-        async with self._txn:
-            await self.conn._execute(write, self.conn._conn)
+        await self.write(fn, "account states")
 
     async def sent_dates(self, account: str, after: str, until: str) -> list[str]:
         """Local dates in (after, until] on which ``account`` sent at least once."""
-        async with self.conn.execute(
-            "SELECT DISTINCT local_date FROM sends WHERE account=? AND local_date>? AND "
-            "local_date<=? AND status='sent' ORDER BY local_date", (account, after, until)
-        ) as cur:
-            return [r[0] for r in await cur.fetchall()]
+        return (await self.sent_dates_many([account], after, until)).get(account, [])
+
+    async def sent_dates_many(self, accounts: Sequence[str], after: str, until: str) -> dict[str, list[str]]:
+        """{account: local dates in (after, until] on which it sent}, in one query over
+        the plan batches of those dates (not one scan of ``sends`` per account)."""
+        wanted = set(accounts)
+
+        def q(con: sqlite3.Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for account, day in con.execute(
+                "SELECT b.account, b.local_date FROM plan_batches b WHERE b.local_date>? AND "
+                "b.local_date<=? AND EXISTS (SELECT 1 FROM sends s WHERE s.id BETWEEN b.first_id "
+                "AND b.last_id AND s.status='sent') GROUP BY b.account, b.local_date "
+                "ORDER BY b.local_date", (after, until)):
+                if account in wanted:
+                    out.setdefault(account, []).append(day)
+            return out
+
+        return await self.read(q)
 
     # ------------------------------------------------------------ planning
 
@@ -368,19 +631,16 @@ class Store:
         if not dates:
             return set()
         q = ",".join("?" * len(dates))
-        async with self.conn.execute(
-            f"SELECT DISTINCT account, local_date FROM plan_batches WHERE local_date IN ({q})", dates
-        ) as cur:
-            return {(r[0], r[1]) for r in await cur.fetchall()}
+        return await self.read(lambda con: {(r[0], r[1]) for r in con.execute(
+            f"SELECT DISTINCT account, local_date FROM plan_batches WHERE local_date IN ({q})", dates)})
 
     async def insert_plan(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]],
                           kind: str = "new") -> list[tuple[int, int, str]]:
         """Persist planned days in one transaction.
 
         ``days`` holds (account, local_date, warmup_day, target, sends), each send an
-        object with at, period, recipient and message_id. Ids come from this single
-        writer's counter. Returns (at_ms, id, account) of every new row: what the
-        timer heap needs."""
+        object with at, period, recipient and message_id. Returns (at_ms, id, account)
+        of every new row: what the timer structure needs."""
         return await self.insert_prepared(self.prepare_plan(days, kind))
 
     def prepare_plan(self, days: Sequence[tuple[str, str, int, int, Sequence[Any]]],
@@ -412,75 +672,73 @@ class Store:
         texts = (_json(batches), _json(rows), _json(events)) if self._json_insert else None
         return PreparedPlan(kind, stamp, off, batches, rows, events, ats, accounts, texts)
 
-    async def insert_prepared(self, plan: PreparedPlan) -> list[tuple[int, int, str]]:
-        """Write what ``prepare_plan`` made, in one transaction; returns the timer keys."""
-        await self.flush()
-        async with self._txn:
-            base = self._next_id
-            # The whole transaction is one call on the store's thread, so that it runs
-            # while the loop's thread plans on (a statement per round trip through the
-            # loop would wait for that planning to finish).
-            await self.conn._execute(self._insert_plan_sync, base, plan)
-            self._next_id = base + plan.count
-            self.commits += 1
+    async def insert_prepared(self, plan: PreparedPlan, *, skip_planned: bool = False,
+                              on_commit: Callable[[], None] | None = None) -> list[tuple[int, int, str]]:
+        """Write what ``prepare_plan`` made, in one transaction; returns the timer keys.
+
+        ``on_commit`` runs on the writer thread right before COMMIT (a test fault point)."""
+
+        def fn(con: sqlite3.Connection) -> int:
+            base = self._reserve_ids(plan.count)
+            self._insert_plan_sync(con, base, plan)
+            if on_commit is not None:
+                on_commit()
+            return base
+
+        base = await self.write(fn, "plan chunk")
         return list(zip(plan.ats, range(base, base + plan.count), plan.accounts, strict=True))
 
-    def _insert_plan_sync(self, base: int, plan: PreparedPlan) -> None:
-        """insert_plan's transaction, on the store's thread."""
-        con: sqlite3.Connection = self.conn._conn  # type: ignore[assignment]
+    def _insert_plan_sync(self, con: sqlite3.Connection, base: int, plan: PreparedPlan) -> None:
+        """insert_plan's statements, on the writer thread inside its transaction."""
         texts = plan.texts
-        con.execute("BEGIN")
-        try:
-            if texts is not None:
-                try:
-                    con.execute(_BATCHES_JSON_SQL, (texts[0], base))
-                except sqlite3.OperationalError as e:  # an SQLite without json_each
-                    if "json" not in str(e):
-                        raise
-                    self._json_insert = False
-                    texts = None
-            if texts is not None:
-                con.execute(_SENDS_JSON_SQL, (texts[1], plan.kind, plan.stamp, base))
-                con.execute(_EVENTS_JSON_SQL, (texts[2],))
-            else:
-                con.executemany(_BATCHES_SQL, [(a, d, base + f, base + last, w, t, st)
-                                               for a, d, f, last, w, t, st in plan.batches])
-                con.executemany(_SENDS_SQL, [(base + first + k, account, local_date, *r, plan.kind,
-                                              plan.stamp, plan.stamp)
-                                             for first, account, local_date, day in plan.rows
-                                             for k, r in enumerate(day)])
-                con.executemany(_EVENT_SQL, plan.events)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        if texts is not None:
+            try:
+                con.execute(_BATCHES_JSON_SQL, (texts[0], base))
+            except sqlite3.OperationalError as e:  # an SQLite without json_each
+                if "json" not in str(e):
+                    raise
+                self._json_insert = False
+                texts = None
+        if texts is not None:
+            con.execute(_SENDS_JSON_SQL, (texts[1], plan.kind, plan.stamp, base))
+            con.execute(_EVENTS_JSON_SQL, (texts[2],))
+        else:
+            con.executemany(_BATCHES_SQL, [(a, d, base + f, base + last, w, t, st)
+                                           for a, d, f, last, w, t, st in plan.batches])
+            con.executemany(_SENDS_SQL, [(base + first + k, account, local_date, *r, plan.kind,
+                                          plan.stamp, plan.stamp)
+                                         for first, account, local_date, day in plan.rows
+                                         for k, r in enumerate(day)])
+            con.executemany(_EVENT_SQL, plan.events)
 
     # ------------------------------------------------------------ reading sends
 
-    async def _rows(self, batch_cond: str, params: Sequence[Any], row_cond: str = "1") -> list[SendRow]:
+    @staticmethod
+    def _rows_q(con: sqlite3.Connection, batch_cond: str, params: Sequence[Any],
+                row_cond: str = "1") -> list[SendRow]:
         """Rows of the batches matching ``batch_cond`` (on b.) and ``row_cond`` (on s.)."""
         cols = ", ".join(f"s.{f.name}" for f in fields(SendRow))
-        async with self.conn.execute(
+        return [SendRow(*r) for r in con.execute(
             f"SELECT {cols} FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-            f"WHERE {batch_cond} AND {row_cond} ORDER BY s.at_ms, s.id", params
-        ) as cur:
-            return [SendRow(*r) for r in await cur.fetchall()]
+            f"WHERE {batch_cond} AND {row_cond} ORDER BY s.at_ms, s.id", params)]
 
     async def get_send(self, send_id: int) -> SendRow | None:
-        async with self.conn.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id=?", (send_id,)) as cur:
-            r = await cur.fetchone()
-        return SendRow(*r) if r else None
+        def q(con: sqlite3.Connection) -> SendRow | None:
+            r = con.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id=?", (send_id,)).fetchone()
+            return SendRow(*r) if r else None
+        return await self.read(q)
 
     async def get_sends(self, ids: Sequence[int]) -> dict[int, SendRow]:
         """Rows by id, in queries of at most 500 ids."""
-        out: dict[int, SendRow] = {}
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            q = ",".join("?" * len(part))
-            async with self.conn.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id IN ({q})", part) as cur:
-                for r in await cur.fetchall():
+        def q(con: sqlite3.Connection) -> dict[int, SendRow]:
+            out: dict[int, SendRow] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                for r in con.execute(f"SELECT {_SEND_COLS} FROM sends WHERE id IN ({','.join('?' * len(part))})",
+                                     part):
                     out[r[0]] = SendRow(*r)
-        return out
+            return out
+        return await self.read(q)
 
     async def rows_on_dates(self, local_dates: Iterable[str], statuses: Sequence[str]) -> list[SendRow]:
         """Rows of these local dates (any account) with one of ``statuses``."""
@@ -488,234 +746,327 @@ class Store:
         if not dates:
             return []
         dq, sq = ",".join("?" * len(dates)), ",".join("?" * len(statuses))
-        return await self._rows(f"b.local_date IN ({dq})", [*dates, *statuses], f"s.status IN ({sq})")
+        return await self.read(lambda con: self._rows_q(con, f"b.local_date IN ({dq})", [*dates, *statuses],
+                                                        f"s.status IN ({sq})"))
 
     async def due_keys(self, local_dates: Iterable[str]) -> list[tuple[int, int, str]]:
         """(due_ms, id, account) of the pending sends of these local dates: the
-        compact form the timer heap holds."""
+        compact form the timer structure holds."""
         dates = sorted(set(local_dates))
         if not dates:
             return []
         q = ",".join("?" * len(dates))
-        async with self.conn.execute(
+        return await self.read(lambda con: [(r[0], r[1], r[2]) for r in con.execute(
             "SELECT coalesce(s.retry_at_ms, s.at_ms), s.id, s.account FROM plan_batches b "
             "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-            f"WHERE b.local_date IN ({q}) AND s.status='pending'", dates
-        ) as cur:
-            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+            f"WHERE b.local_date IN ({q}) AND s.status='pending'", dates)])
 
-    async def day_rows(self, account: str, local_date: str) -> list[SendRow]:
-        return await self._rows("b.account=? AND b.local_date=?", (account, local_date))
+    async def day_rows(self, account: str, local_date: str, *, cold: bool = False) -> list[SendRow]:
+        return await self.read(lambda con: self._rows_q(con, "b.account=? AND b.local_date=?",
+                                                        (account, local_date)), cold=cold)
 
     async def by_message_id(self, message_id: str, account: str, local_dates: Sequence[str]) -> SendRow | None:
         """A planned send of ``account`` on one of ``local_dates`` with this Message-ID."""
         q = ",".join("?" * len(local_dates))
-        rows = await self._rows(f"b.account=? AND b.local_date IN ({q})", (account, *local_dates),
+
+        def fn(con: sqlite3.Connection) -> SendRow | None:
+            rows = self._rows_q(con, f"b.account=? AND b.local_date IN ({q})", (account, *local_dates),
                                 "s.message_id=?") if local_dates else []
-        if not rows:  # not among the expected days: look it up the slow way
-            async with self.conn.execute(
-                f"SELECT {_SEND_COLS} FROM sends WHERE account=? AND message_id=?",
-                (account, message_id)) as cur:
-                r = await cur.fetchone()
+            if rows:
+                return rows[0]
+            # not among the expected days: look it up the slow way
+            r = con.execute(f"SELECT {_SEND_COLS} FROM sends WHERE account=? AND message_id=?",
+                            (account, message_id)).fetchone()
             return SendRow(*r) if r else None
-        return rows[0]
+
+        return await self.read(fn)
 
     async def count_sent(self, account: str, local_date: str) -> int:
         """Sends that count against the day's target: made, or possibly made."""
-        async with self.conn.execute(
-            "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-            "WHERE b.account=? AND b.local_date=? AND (s.status IN ('sent', 'sending', 'uncertain') "
-            "OR (s.status='failed' AND s.data_mark=1))", (account, local_date)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return (await self.count_sent_many([(account, local_date)])).get(account, 0)
 
-    async def day_counts(self, pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    async def count_sent_many(self, pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
+        """{account: sends made or possibly made} for (account, local_date) pairs, in one
+        grouped query per distinct date."""
+        wanted = dict(pairs)
+
+        def q(con: sqlite3.Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for day in sorted(set(wanted.values())):
+                for account, n in con.execute(
+                    "SELECT b.account, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+                    "b.first_id AND b.last_id WHERE b.local_date=? AND (s.status IN ('sent', 'sending', "
+                    "'uncertain') OR (s.status='failed' AND s.data_mark=1)) GROUP BY b.account", (day,)):
+                    if wanted.get(account) == day:
+                        out[account] = int(n)
+            return out
+
+        if not wanted:
+            return {}
+        if len(wanted) == 1:
+            (account, day), = wanted.items()
+
+            def one(con: sqlite3.Connection) -> dict[str, int]:
+                r = con.execute(
+                    "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND "
+                    "b.last_id WHERE b.account=? AND b.local_date=? AND (s.status IN ('sent', 'sending', "
+                    "'uncertain') OR (s.status='failed' AND s.data_mark=1))", (account, day)).fetchone()
+                return {account: int(r[0])} if r and r[0] else {}
+            return await self.read(one)
+        return await self.read(q)
+
+    async def day_counts(self, pairs: Iterable[tuple[str, str]], *, cold: bool = True) -> dict[str, dict[str, int]]:
         """{account: {status: n}} for the given (account, local_date) pairs.
 
         One account: one small query. Many: one grouped query per local date (a
         pool's "today" spans two or three dates), instead of a query per account."""
         wanted = dict(pairs)
-        out: dict[str, dict[str, int]] = {a: {} for a in wanted}
-        if len(wanted) <= 8:
-            for account, day in wanted.items():
-                async with self.conn.execute(
-                    "SELECT s.status, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
-                    "b.first_id AND b.last_id WHERE b.account=? AND b.local_date=? GROUP BY s.status",
-                    (account, day)) as cur:
-                    out[account] = {r[0]: r[1] for r in await cur.fetchall()}
-            return out
-        for day in sorted(set(wanted.values())):
-            async with self.conn.execute(
-                "SELECT b.account, s.status, count(*) FROM plan_batches b JOIN sends s ON s.id "
-                "BETWEEN b.first_id AND b.last_id WHERE b.local_date=? GROUP BY b.account, s.status",
-                (day,)) as cur:
-                for account, status, n in await cur.fetchall():
+
+        def q(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {a: {} for a in wanted}
+            if len(wanted) <= 8:
+                for account, day in wanted.items():
+                    out[account] = {r[0]: r[1] for r in con.execute(
+                        "SELECT s.status, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+                        "b.first_id AND b.last_id WHERE b.account=? AND b.local_date=? GROUP BY s.status",
+                        (account, day))}
+                return out
+            for day in sorted(set(wanted.values())):
+                for account, status, n in con.execute(
+                    "SELECT b.account, s.status, count(*) FROM plan_batches b JOIN sends s ON s.id "
+                    "BETWEEN b.first_id AND b.last_id WHERE b.local_date=? GROUP BY b.account, s.status",
+                    (day,)):
                     if wanted.get(account) == day:
                         out[account][status] = n
-        return out
+            return out
+
+        return await self.read(q, cold=cold)
+
+    async def event_log(self, send_id: int) -> list[tuple[str | None, str, str | None]]:
+        return await self.read(lambda con: [(r[0], r[1], r[2]) for r in con.execute(
+            "SELECT from_status, to_status, detail FROM events WHERE send_id=? ORDER BY id", (send_id,))],
+            cold=True)
 
     # ------------------------------------------------------------ state transitions
 
-    async def commit_send(self, row: SendRow, from_status: str | None, detail: str | None = None) -> None:
-        """Persist ``row``'s mutable fields and an event, durably, before returning.
+    async def commit_send(self, row: SendRow, from_status: str | None, detail: str | None = None) -> bool:
+        """Persist ``row``'s mutable fields and an event, durably, before returning,
+        if the row's stored status is still ``from_status``.
 
-        Callers that arrive within the same few milliseconds share one transaction."""
+        Returns False when it was not (another change won the race: a pause, a
+        removal, a re-plan): nothing of this change is written. Callers that
+        arrive within the same few milliseconds share one transaction."""
         row.updated_ms = now_ms()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._batch.append((row, from_status, detail))
         self._waiters.append(fut)
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_soon())
-        await fut
+        return await fut
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(0.002)  # the bounded grouping delay
         await self.flush()
 
     async def flush(self) -> None:
-        while self._batch:
-            batch, waiters = self._batch, self._waiters
-            self._batch, self._waiters = [], []
-            updates = [tuple(getattr(r, c) for c in _MUTABLE) + (r.id,) for r, _, _ in batch]
-            events = [(r.updated_ms, r.id, r.account, f, r.status, d) for r, f, d in batch]
+        """Write every queued ``commit_send`` now (one transaction per round)."""
+        async with self._flush_lock:
+            while self._batch:
+                batch, waiters = self._batch, self._waiters
+                self._batch, self._waiters = [], []
+                updates = [(tuple(getattr(r, c) for c in _MUTABLE) + (r.id, f), (r.updated_ms, r.id, r.account,
+                            f, r.status, d)) for r, f, d in batch]
 
-            def write(con: sqlite3.Connection, updates: list[Any] = updates,
-                      events: list[Any] = events) -> None:
-                # The whole transaction in one call on the store's thread: no other
-                # statement can come in between, and no loop round trip per step.
-                con.execute("BEGIN")
+                def fn(con: sqlite3.Connection, updates: list[Any] = updates) -> list[bool]:
+                    won = []
+                    for params, event in updates:
+                        ok = con.execute(_COND_UPDATE_SQL, params).rowcount == 1
+                        if ok:
+                            con.execute(_EVENT_SQL, event)
+                        won.append(ok)
+                    faults.point("store.grouped_commit")
+                    return won
+
                 try:
-                    con.executemany(_UPDATE_SQL, updates)
-                    con.executemany(_EVENT_SQL, events)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-
-            await self._txn.acquire()
-            try:
-                await self.conn._execute(write, self.conn._conn)
-                self.commits += 1
-            except BaseException as e:
-                for w in waiters:
+                    won = await self.write(fn, "send state")
+                except BaseException as e:
+                    for w in waiters:
+                        if not w.done():
+                            w.set_exception(e if isinstance(e, Exception) else StoreClosed(str(e)))
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for w, ok in zip(waiters, won, strict=True):
                     if not w.done():
-                        w.set_exception(e if isinstance(e, Exception) else StoreError(str(e)))
-                if not isinstance(e, Exception):
-                    raise
-                continue
-            finally:
-                self._txn.release()
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
+                        w.set_result(ok)
 
     async def skip_pending(self, account: str, reason: str, local_dates: Sequence[str]) -> list[int]:
         """Mark an account's pending sends of these dates skipped (pause, removal,
         re-plan); returns their ids."""
-        await self.flush()
         q = ",".join("?" * len(local_dates))
         stamp = now_ms()
-        async with self._txn:
-            await self.conn.execute("BEGIN")
-            try:
-                async with self.conn.execute(
-                    "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-                    f"WHERE b.account=? AND b.local_date IN ({q}) AND s.status='pending'",
-                    (account, *local_dates)) as cur:
-                    ids = [r[0] for r in await cur.fetchall()]
-                await self.conn.executemany(
-                    "UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? WHERE id=?",
-                    [(reason, stamp, i) for i in ids])
-                await self.conn.executemany(
-                    _EVENT_SQL, [(stamp, i, account, "pending", "skipped", reason) for i in ids])
-                await self.conn.execute("COMMIT")
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-        return ids
+
+        def fn(con: sqlite3.Connection) -> list[int]:
+            ids = [r[0] for r in con.execute(
+                "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                f"WHERE b.account=? AND b.local_date IN ({q}) AND s.status='pending'", (account, *local_dates))]
+            return self._skip_sync(con, account, ids, reason, stamp)
+
+        return await self.write(fn, "skip pending sends")
+
+    async def skip_ids(self, account: str, ids: Sequence[int], reason: str) -> list[int]:
+        """Mark those of ``ids`` still pending skipped; returns the ones that were."""
+        stamp = now_ms()
+        return await self.write(lambda con: self._skip_sync(con, account, ids, reason, stamp), "skip sends")
+
+    @staticmethod
+    def _skip_sync(con: sqlite3.Connection, account: str, ids: Iterable[int], reason: str, stamp: int) -> list[int]:
+        done = []
+        for i in ids:
+            if con.execute("UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? "
+                           "WHERE id=? AND status='pending'", (reason, stamp, i)).rowcount:
+                done.append(i)
+                con.execute(_EVENT_SQL, (stamp, i, account, "pending", "skipped", reason))
+        return done
+
+    async def recover(self, dates: Sequence[str], before_date: str, now_ms_: int, grace_ms: int,
+                      accounts: dict[str, str | None]) -> Recovery:
+        """Settle what a crash or a stop left, in one transaction, by grouped statements:
+
+        * pending rows of days before ``before_date``: skipped ``missed``;
+        * rows left in ``sending``: ``uncertain`` past the DATA mark, else pending again;
+        * pending rows of accounts no longer configured (``accounts`` maps each
+          configured account to its pause reason or None): skipped ``removed``; of
+          paused accounts: skipped ``paused: ...``; due more than the grace ago: ``missed``.
+
+        Returns what was done and the rows still pending whose due time has passed
+        (the backlog the caller sends at once); the future is left to ``due_keys``."""
+        dq = ",".join("?" * len(dates))
+        stamp = now_ms()
+
+        def fn(con: sqlite3.Connection) -> Recovery:
+            rec = Recovery()
+            con.execute("CREATE TEMP TABLE IF NOT EXISTS cfg (email TEXT PRIMARY KEY, paused TEXT) WITHOUT ROWID")
+            con.execute("DELETE FROM cfg")
+            con.executemany("INSERT INTO cfg VALUES (?, ?)", accounts.items())
+            stale = [(r[0], r[1]) for r in con.execute(
+                "SELECT s.id, s.account FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND "
+                "b.last_id WHERE b.local_date < ? AND s.status='pending'", (before_date,))]
+            rec.stale = self._settle_sync(con, stale, "pending", "skipped", "missed", stamp, reason="missed")
+            sending = [(r[0], r[1], r[2]) for r in con.execute(
+                "SELECT s.id, s.account, s.data_mark FROM plan_batches b JOIN sends s ON s.id BETWEEN "
+                f"b.first_id AND b.last_id WHERE b.local_date IN ({dq}) AND s.status='sending'", dates)]
+            rec.uncertain = self._settle_sync(
+                con, [(i, a) for i, a, m in sending if m], "sending", "uncertain",
+                "crashed after the DATA mark; not resent", stamp,
+                last_error="crashed after the DATA mark; not resent")
+            rec.retried = self._settle_sync(con, [(i, a) for i, a, m in sending if not m], "sending", "pending",
+                                            "crashed before the DATA mark; retrying", stamp)
+            pend = [(r[0], r[1], r[2], r[3], r[4]) for r in con.execute(
+                "SELECT s.id, s.account, coalesce(s.retry_at_ms, s.at_ms), cfg.email IS NULL, cfg.paused "
+                "FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                f"LEFT JOIN cfg ON cfg.email=s.account WHERE b.local_date IN ({dq}) AND s.status='pending' "
+                "AND (cfg.email IS NULL OR cfg.paused IS NOT NULL OR coalesce(s.retry_at_ms, s.at_ms) < ?)",
+                (*dates, now_ms_))]
+            removed = [(i, a) for i, a, _, gone, _ in pend if gone]
+            rec.removed = self._settle_sync(con, removed, "pending", "skipped",
+                                            "removed: account no longer in config", stamp,
+                                            reason="removed: account no longer in config")
+            for i, a, _, gone, paused in pend:
+                if not gone and paused is not None:
+                    reason = f"paused: {paused}"
+                    rec.paused += self._settle_sync(con, [(i, a)], "pending", "skipped", reason, stamp,
+                                                    reason=reason)
+            late = [(i, a) for i, a, due, gone, paused in pend
+                    if not gone and paused is None and due < now_ms_ - grace_ms]
+            rec.missed = self._settle_sync(con, late, "pending", "skipped", "missed", stamp, reason="missed")
+            backlog_ids = [i for i, a, due, gone, paused in pend
+                           if not gone and paused is None and due >= now_ms_ - grace_ms]
+            for k in range(0, len(backlog_ids), 500):
+                part = backlog_ids[k:k + 500]
+                rec.backlog += [SendRow(*r) for r in con.execute(
+                    f"SELECT {_SEND_COLS} FROM sends WHERE id IN ({','.join('?' * len(part))})", part)]
+            con.execute("DELETE FROM cfg")
+            return rec
+
+        return await self.write(fn, "recovery")
+
+    @staticmethod
+    def _settle_sync(con: sqlite3.Connection, rows: Sequence[tuple[int, str]], from_status: str, to_status: str,
+                     detail: str, stamp: int, *, reason: str | None = None, last_error: str | None = None) -> int:
+        """Move rows from one status to another (conditionally), each with its event."""
+        if not rows:
+            return 0
+        cur = con.executemany(
+            "UPDATE sends SET status=?, reason=coalesce(?, reason), last_error=coalesce(?, last_error), "
+            "retry_at_ms=CASE WHEN ?='skipped' THEN NULL ELSE retry_at_ms END, updated_ms=? "
+            "WHERE id=? AND status=?",
+            [(to_status, reason, last_error, to_status, stamp, i, from_status) for i, _ in rows])
+        con.executemany(_EVENT_SQL, [(stamp, i, a, from_status, to_status, detail) for i, a in rows])
+        return int(cur.rowcount)
 
     async def skip_stale(self, before_date: str, reason: str) -> int:
         """Pending rows of days before ``before_date`` can never be sent in time."""
-        await self.flush()
         stamp = now_ms()
-        cur = await self.conn.execute(
-            "UPDATE sends SET status='skipped', reason=?, updated_ms=? WHERE id IN ("
-            "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-            "WHERE b.local_date < ? AND s.status='pending')", (reason, stamp, before_date))
-        return cur.rowcount
+
+        def fn(con: sqlite3.Connection) -> int:
+            rows = [(r[0], r[1]) for r in con.execute(
+                "SELECT s.id, s.account FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND "
+                "b.last_id WHERE b.local_date < ? AND s.status='pending'", (before_date,))]
+            return self._settle_sync(con, rows, "pending", "skipped", reason, stamp, reason=reason)
+
+        return await self.write(fn, "skip stale sends")
 
     async def cleanup(self, before_date: str, older_than_ms: int) -> int:
-        """Delete finished rows of days before ``before_date`` and older events."""
-        await self.flush()
+        """Delete finished rows of days before ``before_date`` and older events, in
+        bounded batches (each its own short transaction), so that sends keep going."""
         q = ",".join("?" * len(FINISHED))
-        await self._txn.acquire()
-        try:
-            await self.conn.execute("BEGIN")
-        except BaseException:
-            self._txn.release()
-            raise
-        try:
-            cur = await self.conn.execute(
-                f"DELETE FROM sends WHERE status IN ({q}) AND id IN ("
-                "SELECT s.id FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-                "WHERE b.local_date < ?)", (*FINISHED, before_date))
-            n = cur.rowcount
-            await self.conn.execute(
-                "DELETE FROM plan_batches WHERE local_date < ? AND NOT EXISTS (SELECT 1 FROM sends s "
-                "WHERE s.id BETWEEN plan_batches.first_id AND plan_batches.last_id)", (before_date,))
+        n = self.CLEANUP_BATCH
+
+        def sends_batch(con: sqlite3.Connection) -> int:
+            return int(con.execute(
+                f"DELETE FROM sends WHERE id IN (SELECT s.id FROM plan_batches b JOIN sends s ON s.id "
+                f"BETWEEN b.first_id AND b.last_id WHERE b.local_date < ? AND s.status IN ({q}) LIMIT ?)",
+                (before_date, *FINISHED, n)).rowcount)
+
+        def batches_batch(con: sqlite3.Connection) -> int:
+            return int(con.execute(
+                "DELETE FROM plan_batches WHERE (account, local_date, first_id) IN (SELECT account, local_date, "
+                "first_id FROM plan_batches WHERE local_date < ? AND NOT EXISTS (SELECT 1 FROM sends s WHERE "
+                "s.id BETWEEN plan_batches.first_id AND plan_batches.last_id) LIMIT ?)", (before_date, n)).rowcount)
+
+        def events_batch(con: sqlite3.Connection) -> int:
             # Events are appended in time order, so their ids order them by age.
             # With no event that recent, every event is older: all go.
-            await self.conn.execute(
-                "DELETE FROM events WHERE id < coalesce((SELECT min(id) FROM events WHERE at_ms >= ?), "
-                "(SELECT max(id) + 1 FROM events), 0)", (older_than_ms,))
-            await self.conn.execute("COMMIT")
-        except BaseException:
-            await self.conn.execute("ROLLBACK")
-            raise
-        finally:
-            self._txn.release()
-        return n
+            return int(con.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT min(id) "
+                "FROM events WHERE at_ms >= ?), (SELECT max(id) + 1 FROM events), 0) ORDER BY id LIMIT ?)",
+                (older_than_ms, n)).rowcount)
 
-    async def event_log(self, send_id: int) -> list[tuple[str | None, str, str | None]]:
-        async with self.conn.execute(
-            "SELECT from_status, to_status, detail FROM events WHERE send_id=? ORDER BY id", (send_id,)
-        ) as cur:
-            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+        deleted = 0
+        for step, what in ((sends_batch, "cleanup sends"), (batches_batch, "cleanup plan batches"),
+                           (events_batch, "cleanup events")):
+            while True:
+                k = await self.write(step, what)
+                if what == "cleanup sends":
+                    deleted += k
+                if k < n:
+                    break
+                await asyncio.sleep(0)
+        return deleted
 
     # ------------------------------------------------------------ engagement (imap.py)
 
-    async def _atomic(self, fn: Any) -> Any:
-        """Run ``fn(sqlite3_connection)`` as one unit on the store's thread.
-
-        One call on aiosqlite's worker thread, so no other statement of the loop
-        can come in between; a SAVEPOINT (not BEGIN) so that it also works while a
-        grouped commit of ``flush`` holds a transaction open (it then commits with it)."""
-        def run() -> Any:
-            con = self.conn._conn
-            con.execute("SAVEPOINT engagement")
-            try:
-                out = fn(con)
-            except BaseException:
-                con.execute("ROLLBACK TO engagement")
-                con.execute("RELEASE engagement")
-                raise
-            con.execute("RELEASE engagement")
-            return out
-
-        return await self.conn._execute(run)
-
     async def send_links(self, send_id: int) -> tuple[int | None, int, int] | None:
         """(in_reply_to, depth, bounced) of a send, None when there is no such send."""
-        async with self.conn.execute(
-            "SELECT in_reply_to, depth, bounced FROM sends WHERE id=?", (send_id,)) as cur:
-            r = await cur.fetchone()
-        return (r[0], int(r[1]), int(r[2])) if r else None
+        def q(con: sqlite3.Connection) -> tuple[int | None, int, int] | None:
+            r = con.execute("SELECT in_reply_to, depth, bounced FROM sends WHERE id=?", (send_id,)).fetchone()
+            return (r[0], int(r[1]), int(r[2])) if r else None
+        return await self.read(q)
 
     async def was_received(self, send_id: int, account: str) -> bool:
-        async with self.conn.execute(
-            "SELECT 1 FROM received WHERE send_id=? AND account=?", (send_id, account)) as cur:
-            return await cur.fetchone() is not None
+        return await self.read(lambda con: con.execute(
+            "SELECT 1 FROM received WHERE send_id=? AND account=?", (send_id, account)).fetchone() is not None)
 
     async def record_received(self, send_id: int, account: str, folder: str, placement: str,
                               local_date: str, seen_ms: int, delay_ms: int | None, depth: int,
@@ -742,17 +1093,17 @@ class Store:
                                          "pending", detail, 0, stamp, stamp))
             return out
 
-        return await self._atomic(fn)
+        return await self.write(fn, "received mail")
 
     async def pending_actions(self) -> list[ActionRow]:
-        async with self.conn.execute(
-            f"SELECT {_ACTION_COLS} FROM actions WHERE status='pending' ORDER BY due_ms") as cur:
-            return [ActionRow(*r) for r in await cur.fetchall()]
+        return await self.read(lambda con: [ActionRow(*r) for r in con.execute(
+            f"SELECT {_ACTION_COLS} FROM actions WHERE status='pending' ORDER BY due_ms")])
 
     async def get_action(self, action_id: int) -> ActionRow | None:
-        async with self.conn.execute(f"SELECT {_ACTION_COLS} FROM actions WHERE id=?", (action_id,)) as cur:
-            r = await cur.fetchone()
-        return ActionRow(*r) if r else None
+        def q(con: sqlite3.Connection) -> ActionRow | None:
+            r = con.execute(f"SELECT {_ACTION_COLS} FROM actions WHERE id=?", (action_id,)).fetchone()
+            return ActionRow(*r) if r else None
+        return await self.read(q)
 
     async def actions_for(self, send_id: int, account: str | None = None) -> list[ActionRow]:
         q = f"SELECT {_ACTION_COLS} FROM actions WHERE send_id=?"
@@ -760,46 +1111,54 @@ class Store:
         if account is not None:
             q += " AND account=?"
             params = (send_id, account)
-        async with self.conn.execute(q + " ORDER BY id", params) as cur:
-            return [ActionRow(*r) for r in await cur.fetchall()]
+        return await self.read(lambda con: [ActionRow(*r) for r in con.execute(q + " ORDER BY id", params)])
 
-    async def update_action(self, row: ActionRow) -> None:
-        """Persist an action's status, due time, attempts and detail (durably)."""
+    async def update_action(self, row: ActionRow, expect: str = "pending") -> bool:
+        """Persist an action's status, due time, attempts and detail (durably), if its
+        stored status is still ``expect``; False when another change won."""
         row.updated_ms = now_ms()
-        await self.conn.execute(
-            "UPDATE actions SET status=?, due_ms=?, attempts=?, detail=?, updated_ms=? WHERE id=?",
-            (row.status, row.due_ms, row.attempts, row.detail, row.updated_ms, row.id))
+        return await self.write(lambda con: con.execute(
+            "UPDATE actions SET status=?, due_ms=?, attempts=?, detail=?, updated_ms=? WHERE id=? AND status=?",
+            (row.status, row.due_ms, row.attempts, row.detail, row.updated_ms, row.id, expect)).rowcount == 1,
+            "engagement action")
 
     async def link_reply(self, action_id: int, reply_id: int, in_reply_to: int, depth: int,
-                         subject: str, body: str, original_mid: str, refs: str) -> None:
-        """Tie a planned reply to what it answers and mark its action done, together."""
+                         subject: str, body: str, original_mid: str, refs: str) -> bool:
+        """Tie a planned reply to what it answers and mark its action done, together
+        (False, and nothing written, when the action is no longer pending)."""
         stamp = now_ms()
 
-        def fn(con: sqlite3.Connection) -> None:
+        def fn(con: sqlite3.Connection) -> bool:
+            if not con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=? AND "
+                               "status='pending'", (f"reply send {reply_id}", stamp, action_id)).rowcount:
+                return False
             con.execute("UPDATE sends SET in_reply_to=?, depth=?, kind='reply' WHERE id=?",
                         (in_reply_to, depth, reply_id))
             con.execute("INSERT OR REPLACE INTO reply_texts (send_id, subject, body, in_reply_to, refs) "
                         "VALUES (?,?,?,?,?)", (reply_id, subject, body, original_mid, refs))
-            con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=?",
-                        (f"reply send {reply_id}", stamp, action_id))
+            return True
 
-        await self._atomic(fn)
+        return await self.write(fn, "link reply")
 
     async def insert_reply(self, action_id: int, account: str, local_date: str, warmup_day: int, target: int,
                            send: Any, in_reply_to: int, depth: int, subject: str, body: str,
-                           original_mid: str, refs: str) -> tuple[int, int]:
+                           original_mid: str, refs: str) -> tuple[int, int] | None:
         """Plan one reply (its own one-row batch, kind 'reply', linked to the send it
         answers, with its text) and mark the reply action done, all in one transaction.
-        Returns (at_ms, id)."""
+        Returns (at_ms, id); None, with nothing written, when the action is no longer pending."""
         stamp = now_ms()
         at_ms = int(send.at * 1000 + 0.5)
 
-        def fn(con: sqlite3.Connection) -> tuple[int, int]:
-            nid = self._next_id
-            # An empty batch of the same day holds (account, local_date, next id) already.
+        def fn(con: sqlite3.Connection) -> tuple[int, int] | None:
+            nid = self._reserve_ids(1)
+            # An empty batch of the same day holds (account, local_date, that id) already:
+            # it marks the day planned without using the id; take the next one.
             while con.execute("SELECT 1 FROM plan_batches WHERE account=? AND local_date=? AND first_id=?",
                               (account, local_date, nid)).fetchone():
-                nid += 1
+                nid = self._reserve_ids(1)
+            if not con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=? AND "
+                               "status='pending'", (f"reply send {nid}", stamp, action_id)).rowcount:
+                raise _Abandon()
             con.execute("INSERT INTO plan_batches (account, local_date, first_id, last_id, warmup_day, target, "
                         "planned_ms) VALUES (?,?,?,?,?,?,?)",
                         (account, local_date, nid, nid, warmup_day, target, stamp))
@@ -811,103 +1170,115 @@ class Store:
             con.execute("INSERT OR REPLACE INTO reply_texts (send_id, subject, body, in_reply_to, refs) "
                         "VALUES (?,?,?,?,?)", (nid, subject, body, original_mid, refs))
             con.execute(_EVENT_SQL, (stamp, nid, account, None, "pending", f"reply to send {in_reply_to}"))
-            con.execute("UPDATE actions SET status='done', detail=?, updated_ms=? WHERE id=?",
-                        (f"reply send {nid}", stamp, action_id))
-            self._next_id = nid + 1
             return at_ms, nid
 
-        await self.flush()
-        return tuple(await self._atomic(fn))  # type: ignore[return-value]
+        try:
+            return await self.write(fn, "reply")
+        except _Abandon:
+            return None
 
     async def reply_text(self, send_id: int) -> tuple[str, str, str, str] | None:
         """(subject, body, original Message-ID, References) of a planned reply."""
-        async with self.conn.execute(
-            "SELECT subject, body, in_reply_to, refs FROM reply_texts WHERE send_id=?", (send_id,)) as cur:
-            r = await cur.fetchone()
-        return (r[0], r[1], r[2], r[3]) if r else None
+        def q(con: sqlite3.Connection) -> tuple[str, str, str, str] | None:
+            r = con.execute("SELECT subject, body, in_reply_to, refs FROM reply_texts WHERE send_id=?",
+                            (send_id,)).fetchone()
+            return (r[0], r[1], r[2], r[3]) if r else None
+        return await self.read(q)
 
     async def mark_bounced(self, send_id: int) -> bool:
         """Mark a send bounced; False when it was already (or there is no such send)."""
-        cur = await self.conn.execute(
-            "UPDATE sends SET bounced=1, updated_ms=? WHERE id=? AND bounced=0", (now_ms(), send_id))
-        return cur.rowcount > 0
+        stamp = now_ms()
+        return await self.write(lambda con: con.execute(
+            "UPDATE sends SET bounced=1, updated_ms=? WHERE id=? AND bounced=0", (stamp, send_id)).rowcount > 0,
+            "bounce")
 
     async def bounce_window(self, account: str, since_date: str, n: int = 50) -> tuple[int, int]:
         """(bounced, total) over the last ``n`` sends ``account`` made (days from ``since_date``)."""
-        async with self.conn.execute(
-            "SELECT coalesce(sum(bounced), 0), count(*) FROM (SELECT s.bounced FROM plan_batches b "
-            "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id WHERE b.account=? AND "
-            "b.local_date>=? AND s.status IN ('sent', 'uncertain') ORDER BY s.id DESC LIMIT ?)",
-            (account, since_date, n)) as cur:
-            r = await cur.fetchone()
-        return (int(r[0]), int(r[1])) if r else (0, 0)
+        def q(con: sqlite3.Connection) -> tuple[int, int]:
+            r = con.execute(
+                "SELECT coalesce(sum(bounced), 0), count(*) FROM (SELECT s.bounced FROM plan_batches b "
+                "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id WHERE b.account=? AND "
+                "b.local_date>=? AND s.status IN ('sent', 'uncertain') ORDER BY s.id DESC LIMIT ?)",
+                (account, since_date, n)).fetchone()
+            return (int(r[0]), int(r[1])) if r else (0, 0)
+        return await self.read(q)
 
     async def placement_counts(self, sender: str, local_dates: Sequence[str]) -> dict[str, int]:
         """{placement: n} of the warmup mail ``sender`` sent on these local dates, as received."""
         if not local_dates:
             return {}
         q = ",".join("?" * len(local_dates))
-        async with self.conn.execute(
+        return await self.read(lambda con: {r[0]: int(r[1]) for r in con.execute(
             "SELECT r.placement, count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN "
             "b.first_id AND b.last_id JOIN received r ON r.send_id=s.id WHERE b.account=? AND "
-            f"b.local_date IN ({q}) GROUP BY r.placement", (sender, *local_dates)) as cur:
-            return {r[0]: int(r[1]) for r in await cur.fetchall()}
+            f"b.local_date IN ({q}) GROUP BY r.placement", (sender, *local_dates))})
 
     async def day_total(self, account: str, local_date: str) -> int:
         """New sends and replies of a day that count against its target: everything
         planned except what was skipped or failed before its DATA."""
-        async with self.conn.execute(
-            "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-            "WHERE b.account=? AND b.local_date=? AND s.status!='skipped' AND "
-            "NOT (s.status='failed' AND s.data_mark=0)", (account, local_date)) as cur:
-            r = await cur.fetchone()
-        return int(r[0]) if r else 0
-
-    async def skip_ids(self, account: str, ids: Sequence[int], reason: str) -> list[int]:
-        """Mark those of ``ids`` still pending skipped; returns the ones that were."""
-        stamp = now_ms()
-
-        def fn(con: sqlite3.Connection) -> list[int]:
-            done = []
-            for i in ids:
-                cur = con.execute("UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, "
-                                  "updated_ms=? WHERE id=? AND status='pending'", (reason, stamp, i))
-                if cur.rowcount:
-                    done.append(i)
-                    con.execute(_EVENT_SQL, (stamp, i, account, "pending", "skipped", reason))
-            return done
-
-        await self.flush()
-        return list(await self._atomic(fn))
+        def q(con: sqlite3.Connection) -> int:
+            r = con.execute(
+                "SELECT count(*) FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+                "WHERE b.account=? AND b.local_date=? AND s.status!='skipped' AND "
+                "NOT (s.status='failed' AND s.data_mark=0)", (account, local_date)).fetchone()
+            return int(r[0]) if r else 0
+        return await self.read(q)
 
     async def engagement_day(self, account: str, local_date: str, start_ms: int, end_ms: int) -> dict[str, int]:
         """An account's engagement counts for one local day (bounds in ms for the actions)."""
-        out = {"received": 0, "inbox": 0, "junk": 0, "rescued": 0, "opened": 0, "replied": 0,
-               "bounced": 0, "sends": 0}
-        async with self.conn.execute(
-            "SELECT placement, count(*) FROM received WHERE account=? AND local_date=? GROUP BY placement",
-            (account, local_date)) as cur:
-            for placement, n in await cur.fetchall():
+        def q(con: sqlite3.Connection) -> dict[str, int]:
+            out = {"received": 0, "inbox": 0, "junk": 0, "rescued": 0, "opened": 0, "replied": 0,
+                   "bounced": 0, "sends": 0}
+            for placement, n in con.execute(
+                    "SELECT placement, count(*) FROM received WHERE account=? AND local_date=? GROUP BY placement",
+                    (account, local_date)):
                 out[placement] = out.get(placement, 0) + int(n)
                 out["received"] += int(n)
-        async with self.conn.execute(
-            "SELECT kind, count(*) FROM actions WHERE status='done' AND due_ms>=? AND due_ms<? "
-            "AND account=? GROUP BY kind", (start_ms, end_ms, account)) as cur:
-            for kind, n in await cur.fetchall():
+            for kind, n in con.execute(
+                    "SELECT kind, count(*) FROM actions WHERE status='done' AND due_ms>=? AND due_ms<? "
+                    "AND account=? GROUP BY kind", (start_ms, end_ms, account)):
                 if kind == "rescue":
                     out["rescued"] = int(n)
                 elif kind == "open":
                     out["opened"] = int(n)
-        async with self.conn.execute(
-            "SELECT coalesce(sum(s.kind='reply' AND s.status IN ('sent', 'sending', 'uncertain')), 0), "
-            "coalesce(sum(s.bounced), 0), coalesce(sum(s.status IN ('sent', 'sending', 'uncertain') "
-            "OR (s.status='failed' AND s.data_mark=1)), 0) FROM plan_batches b JOIN sends s ON s.id "
-            "BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date=?",
-            (account, local_date)) as cur:
-            r = await cur.fetchone()
-        if r:
-            out["replied"], out["bounced"], out["sends"] = int(r[0]), int(r[1]), int(r[2])
-        return out
+            r = con.execute(
+                "SELECT coalesce(sum(s.kind='reply' AND s.status IN ('sent', 'sending', 'uncertain')), 0), "
+                "coalesce(sum(s.bounced), 0), coalesce(sum(s.status IN ('sent', 'sending', 'uncertain') "
+                "OR (s.status='failed' AND s.data_mark=1)), 0) FROM plan_batches b JOIN sends s ON s.id "
+                "BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date=?",
+                (account, local_date)).fetchone()
+            if r:
+                out["replied"], out["bounced"], out["sends"] = int(r[0]), int(r[1]), int(r[2])
+            return out
+        return await self.read(q)
+
+
+class _Abandon(Exception):
+    """Raised inside a transaction function to roll it back without an error."""
+
+
+@dataclass
+class Recovery:
+    """What ``Store.recover`` did."""
+
+    stale: int = 0
+    uncertain: int = 0
+    retried: int = 0
+    removed: int = 0
+    paused: int = 0
+    missed: int = 0
+    backlog: list[SendRow] = field(default_factory=list)
+
+
+def _advice(kind: str | None) -> str:
+    return {
+        "transient": " (another process holds the database's write lock; retrying)",
+        "persistent": " (check free space, permissions and the disk of the state folder; retrying)",
+        "fatal": " (the file is damaged: restore a backup or move it away to start afresh)",
+    }.get(kind or "", "")
+
+
+_COND_UPDATE_SQL = _UPDATE_SQL + " AND status IS ?"
 
 
 @dataclass(slots=True)

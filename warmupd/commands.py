@@ -1,0 +1,265 @@
+"""What the control socket answers: status, accounts, schedule, pause, resume,
+reload, metrics, version (control.py parses and validates the requests).
+
+Reads go to the store's cold reader (store.py), so a status over a large pool
+never holds up a send's row read nor queues behind a plan chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from datetime import date
+from typing import Any, Protocol
+
+from . import __version__
+from .calendar import iso_local, iso_utc, local_date, projected_warmup_day, why_not_sending
+from .config import Account, Config
+from .control import ControlError
+from .firing import Firing
+from .metrics import LATENESS_BUCKETS, Metrics
+from .planner import day_target
+from .planning import Planning
+from .store import STATUSES, Store
+from .timers import SEND
+
+
+class EngagementView(Protocol):
+    def today(self, email_: str) -> dict[str, Any]: ...
+    def totals_today(self) -> dict[str, Any]: ...
+    def metrics_lines(self) -> list[str]: ...
+
+
+class DaemonView(Protocol):
+    """The parts of the daemon the commands read (daemon.Daemon)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def store(self) -> Store | None: ...
+    @property
+    def planning(self) -> Planning | None: ...
+    @property
+    def firing(self) -> Firing | None: ...
+    @property
+    def engagement(self) -> EngagementView | None: ...
+    metrics: Metrics
+    ready: bool
+    last_reload_error: str | None
+    config_loaded_at: float
+
+    async def reload(self) -> dict[str, Any]: ...
+    def health(self) -> dict[str, Any]: ...
+
+
+class Commands:
+    """The control socket's handler (control.ControlHandler)."""
+
+    def __init__(self, daemon: DaemonView) -> None:
+        self.d = daemon
+
+    # ------------------------------------------------------------ helpers
+
+    def _parts(self) -> tuple[Store, Planning, Firing]:
+        d = self.d
+        if not d.ready or d.store is None or d.planning is None or d.firing is None:
+            raise ControlError("warmupd is still starting (recovery and planning); try again in a moment")
+        return d.store, d.planning, d.firing
+
+    def _account(self, email: str) -> Account:
+        self._parts()
+        account = self.d.config.account(email)
+        if account is None:
+            raise ControlError(f"no account {email!r}; warmupctl accounts lists them")
+        return account
+
+    def _today(self, a: Account) -> date:
+        return local_date(a.timezone, time.time() if self.d.firing is None else self.d.firing.now())
+
+    async def timezone_counts(self) -> dict[str, dict[str, int]]:
+        store, _, _ = self._parts()
+        accounts = self.d.config.accounts
+        counts = await store.day_counts((a.email, self._today(a).isoformat()) for a in accounts)
+        out: dict[str, dict[str, int]] = {}
+        for a in accounts:
+            tzc = out.setdefault(a.timezone, dict.fromkeys(STATUSES, 0))
+            for s, n in counts.get(a.email, {}).items():
+                tzc[s] = tzc.get(s, 0) + n
+        return out
+
+    # ------------------------------------------------------------ the commands
+
+    async def cmd_version(self) -> dict[str, Any]:
+        store = self.d.store
+        return {"version": __version__, "python": platform.python_version(),
+                "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+                "schema_version": await store.schema_version() if store else None,
+                "ready": self.d.ready}
+
+    async def cmd_status(self) -> dict[str, Any]:
+        _, planning, firing = self._parts()
+        cfg = self.d.config
+        tzc = await self.timezone_counts()
+        today = dict.fromkeys(STATUSES, 0)
+        for counts in tzc.values():
+            for k, v in counts.items():
+                today[k] = today.get(k, 0) + v
+        paused, holds = [], []
+        for e, st in sorted(planning.states.items()):
+            a = cfg.account(e)
+            if a is None:
+                continue
+            if st.paused_reason:
+                paused.append({"email": e, "reason": st.paused_reason})
+            if st.hold_until and st.hold_until > self._today(a).isoformat():
+                holds.append({"email": e, "until": st.hold_until, "reason": st.hold_reason})
+        out: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.d.metrics.started, 3),
+            "config_path": str(cfg.path),
+            "config_loaded_at": iso_utc(self.d.config_loaded_at),
+            "last_reload_error": self.d.last_reload_error,
+            "accounts": {"active": len(cfg.accounts) - len(paused), "paused": len(paused),
+                         "paused_list": paused},
+            "today": today,
+            "pending_timers": len(firing.timers),
+            "next_send": await self._next_send(),
+            "timezones": tzc,
+            "loop_lag_ms": round(self.d.metrics.loop_lag * 1000, 3),
+            "holds": holds,
+            "store": self.d.health(),
+        }
+        if self.d.engagement is not None:
+            out["engagement_today"] = self.d.engagement.totals_today()
+        return out
+
+    async def _next_send(self) -> dict[str, Any] | None:
+        store, _, firing = self._parts()
+        for due_ms, kind, ident in firing.timers.peek(8):
+            if kind != SEND:
+                continue
+            row = await store.get_send(ident)
+            if row is None:
+                continue
+            account = self.d.config.account(row.account)
+            tz = account.timezone if account else "UTC"
+            return {"account": row.account, "send_id": ident, "at": iso_local(tz, due_ms / 1000),
+                    "at_utc": iso_utc(due_ms / 1000), "timezone": tz}
+        return None
+
+    async def cmd_accounts(self) -> list[dict[str, Any]]:
+        store, planning, _ = self._parts()
+        accounts = self.d.config.accounts
+        days = {a.email: self._today(a) for a in accounts}
+        counts = await store.day_counts((e, d.isoformat()) for e, d in days.items())
+        out = []
+        for a in accounts:
+            day = days[a.email]
+            st = planning.states.get(a.email)
+            wday = st.warmup_day if st else projected_warmup_day(a, day)
+            c = counts.get(a.email, {})
+            item: dict[str, Any] = {
+                "email": a.email, "timezone": a.timezone, "warmup_day": wday,
+                "target_today": day_target(a, wday) if why_not_sending(a, day) is None else 0,
+                "sent_today": c.get("sent", 0), "pending_today": c.get("pending", 0),
+                "paused": st.paused_reason if st else None,
+                "hold": ({"until": st.hold_until, "reason": st.hold_reason}
+                         if st and st.hold_until and st.hold_until > day.isoformat() else None),
+                "imap": a.imap is not None,
+            }
+            if self.d.engagement is not None and a.imap is not None:
+                item["engagement_today"] = self.d.engagement.today(a.email)
+            out.append(item)
+        return out
+
+    async def cmd_schedule(self, account: str, date: str | None = None) -> list[dict[str, Any]]:
+        store, _, _ = self._parts()
+        a = self._account(account)
+        if date:
+            try:
+                day = _date.fromisoformat(date)
+            except ValueError:
+                raise ControlError(f"date must be YYYY-MM-DD, got {date!r}") from None
+        else:
+            day = self._today(a)
+        rows = await store.day_rows(a.email, day.isoformat(), cold=True)
+        return [{"id": r.id, "at": iso_local(a.timezone, r.at_ms / 1000), "at_utc": iso_utc(r.at_ms / 1000),
+                 "period": r.period, "recipient": r.recipient, "message_id": r.message_id,
+                 "kind": r.kind, "status": r.status, "attempts": r.attempts,
+                 "reason": r.reason if r.status == "skipped" else (
+                     r.last_error if r.status in ("failed", "uncertain") else None),
+                 "last_error": r.last_error,
+                 "retry_at": iso_utc(r.retry_at_ms / 1000) if r.retry_at_ms else None,
+                 "sent_at": iso_utc(r.sent_at_ms / 1000) if r.sent_at_ms else None} for r in rows]
+
+    def _writable(self) -> None:
+        h = self.d.health()
+        if h["error"]:
+            raise ControlError(f"the state database cannot take writes now: {h['error']}")
+
+    async def cmd_pause(self, account: str, reason: str | None = None) -> dict[str, Any]:
+        _, planning, _ = self._parts()
+        self._account(account)
+        self._writable()
+        return await planning.pause(account, reason)
+
+    async def cmd_resume(self, account: str) -> dict[str, Any]:
+        _, planning, _ = self._parts()
+        self._account(account)
+        self._writable()
+        return await planning.resume(account)
+
+    async def cmd_reload(self) -> dict[str, Any]:
+        self._parts()
+        return await self.d.reload()
+
+    async def cmd_metrics(self) -> str:
+        _, planning, firing = self._parts()
+        m = self.d.metrics
+        lines = [
+            "# HELP warmupd_sends_total Send state changes since start, by account and new status.",
+            "# TYPE warmupd_sends_total counter",
+        ]
+        for (account, status), n in sorted(m.transitions.items()):
+            lines.append(f'warmupd_sends_total{{account="{account}",status="{status}"}} {n}')
+        lines += ["# HELP warmupd_send_lateness_seconds MAIL FROM time minus the planned instant.",
+                  "# TYPE warmupd_send_lateness_seconds histogram"]
+        for b, c in zip(LATENESS_BUCKETS, m.lateness_counts, strict=True):
+            lines.append(f'warmupd_send_lateness_seconds_bucket{{le="{b}"}} {c}')
+        h = self.d.health()
+        lines += [f'warmupd_send_lateness_seconds_bucket{{le="+Inf"}} {m.lateness_n}',
+                  f"warmupd_send_lateness_seconds_sum {m.lateness_sum:.6f}",
+                  f"warmupd_send_lateness_seconds_count {m.lateness_n}",
+                  "# HELP warmupd_pending_timers Timers held in memory.",
+                  "# TYPE warmupd_pending_timers gauge",
+                  f"warmupd_pending_timers {len(firing.timers)}",
+                  "# HELP warmupd_loop_lag_seconds Event loop lag, last sample.",
+                  "# TYPE warmupd_loop_lag_seconds gauge",
+                  f"warmupd_loop_lag_seconds {m.loop_lag:.6f}",
+                  "# HELP warmupd_reloads_total Config reloads attempted.",
+                  "# TYPE warmupd_reloads_total counter",
+                  f"warmupd_reloads_total {m.reloads}",
+                  "# HELP warmupd_reload_failures_total Config reloads rejected.",
+                  "# TYPE warmupd_reload_failures_total counter",
+                  f"warmupd_reload_failures_total {m.reload_failures}",
+                  "# HELP warmupd_lost_races_total Send changes dropped because another change won.",
+                  "# TYPE warmupd_lost_races_total counter",
+                  f"warmupd_lost_races_total {m.lost_races}",
+                  "# HELP warmupd_store_ok 1 while the state database takes writes.",
+                  "# TYPE warmupd_store_ok gauge",
+                  f"warmupd_store_ok {int(h['error'] is None)}",
+                  "# HELP warmupd_store_failure_spells_total Spells of store trouble since start.",
+                  "# TYPE warmupd_store_failure_spells_total counter",
+                  f"warmupd_store_failure_spells_total {h['spells']}",
+                  "# HELP warmupd_accounts_paused Accounts paused now.",
+                  "# TYPE warmupd_accounts_paused gauge",
+                  f"warmupd_accounts_paused {sum(1 for st in planning.states.values() if st.paused_reason)}"]
+        if self.d.engagement is not None:
+            lines += self.d.engagement.metrics_lines()
+        return "\n".join(lines) + "\n"
+
+
+_date = date  # cmd_schedule's parameter is called ``date`` (the socket's field name)

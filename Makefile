@@ -22,16 +22,19 @@ run: $(STAMP)
 	trap 'kill $$cap 2>/dev/null; wait $$cap 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/warmupd run --config config.toml
 
-# Sets everything up (Dovecot through apt when it is missing) and runs the tests.
-# The tests start and stop their own SMTP and IMAP servers.
+# Sets everything up (Dovecot and libfaketime through apt when missing), lints,
+# type-checks the package (mypy --strict) and runs the tests. The tests start and
+# stop their own SMTP and IMAP servers.
 test: $(STAMP)
-	bash tests/rig/ensure_dovecot.sh
+	bash tests/rig/ensure_packages.sh
 	$(BIN)/ruff check warmupd tests bench
+	$(BIN)/mypy --strict warmupd
 	@set +e; $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing to fail"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check warmupd tests bench
+	$(BIN)/mypy --strict warmupd
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan.py

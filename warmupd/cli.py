@@ -140,14 +140,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(f"{i:>3}  {local.strftime('%H:%M:%S.%f')[:-3]} {local.strftime('%z'):<10} "
               f"{iso_utc(s.at):<24} {s.period:<8} {s.recipient}")
     st = plan_stats(sends)
-    per = ", ".join(f"{k} {v}" for k, v in st["per_period"].items())  # type: ignore[attr-defined]
-    if sends:
-        first = iso_local(account.timezone, st["first"])[11:23]  # type: ignore[arg-type]
-        last = iso_local(account.timezone, st["last"])[11:23]  # type: ignore[arg-type]
+    per = ", ".join(f"{k} {v}" for k, v in st["per_period"].items())
+    if sends and st["first"] is not None and st["last"] is not None:
+        first = iso_local(account.timezone, st["first"])[11:23]
+        last = iso_local(account.timezone, st["last"])[11:23]
         gaps = ""
-        if st["min_gap"] is not None:
+        if st["min_gap"] is not None and st["median_gap"] is not None:
             gaps = (f", smallest gap {st['min_gap'] / 60:.1f} min, "
-                    f"median gap {st['median_gap'] / 60:.1f} min")  # type: ignore[operator]
+                    f"median gap {st['median_gap'] / 60:.1f} min")
         print(f"stats: {st['count']} sends ({per}), first {first}, last {last}{gaps}")
     return 0
 

@@ -10,10 +10,17 @@ its own module so that neither of them imports the other for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .config import Period
+
+class Period(Protocol):
+    """What geometry needs of a period (config.Period has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def windows(self) -> Sequence[tuple[int, int]]: ...
 
 __all__ = ["layout_spans", "period_capacity", "split_by_weight"]
 
@@ -43,7 +50,7 @@ def split_by_weight(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def layout_spans(periods: tuple[Period, ...], gap: float) -> dict[str, list[tuple[float, float]]]:
+def layout_spans(periods: Sequence[Period], gap: float) -> dict[str, list[tuple[float, float]]]:
     """Each period's windows in seconds of the local day, shrunk where another period's
     window comes within ``gap``: each side gives up half, so that two sends of
     different periods can never be closer than ``gap``. The planner and the

@@ -341,9 +341,6 @@ class Watcher:
     def _close(self, client: aioimaplib.IMAP4 | None) -> None:
         if client is None:
             return
-        with contextlib.suppress(Exception):
-            if not client._client_task.done():
-                client._client_task.cancel()
         transport = getattr(client.protocol, "transport", None)
         if transport is not None:
             with contextlib.suppress(Exception):
@@ -976,7 +973,8 @@ class Engagement:
                 return "done", f"moved to {f.archive}"
             return "skipped", f"unknown action {action.kind!r}"
 
-        return await w.call(op)
+        done: tuple[str | None, str | None] = await w.call(op)
+        return done
 
     async def _reply(self, w: Watcher, account: Account, action: ActionRow,
                      original: SendRow) -> tuple[str | None, str | None]:

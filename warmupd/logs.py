@@ -346,10 +346,9 @@ def configure_logging(
 
     logging.captureWarnings(True)
     _install_hooks(use_json)
-    # The logging HOWTO's "Optimization" switches: no caller frame walk, no thread or
+    # The logging HOWTO's "Optimization" switches (the public ones): no thread or
     # process lookups per record. Our lines never show them, and the daemon logs one
     # event per send state change, so this is on the firing path.
-    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

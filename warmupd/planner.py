@@ -27,6 +27,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import TypedDict
 
 from .calendar import is_sending_day, period_spans
 from .config import Account
@@ -49,10 +50,10 @@ class PlannedSend:
 
 # Bulk construction for plan_day: the object PlannedSend(...) makes, slots set directly.
 _new_send = object.__new__
-_set_at = PlannedSend.at.__set__  # type: ignore[attr-defined]
-_set_period = PlannedSend.period.__set__  # type: ignore[attr-defined]
-_set_recipient = PlannedSend.recipient.__set__  # type: ignore[attr-defined]
-_set_message_id = PlannedSend.message_id.__set__  # type: ignore[attr-defined]
+_set_at = vars(PlannedSend)["at"].__set__
+_set_period = vars(PlannedSend)["period"].__set__
+_set_recipient = vars(PlannedSend)["recipient"].__set__
+_set_message_id = vars(PlannedSend)["message_id"].__set__
 
 
 def day_target(account: Account, warmup_day: int) -> int:
@@ -231,9 +232,9 @@ def recipients_for(sender_index: int, count: int, pool: Sequence[str], extras: S
     out: list[str] = []
     for k in range(count):
         c = (start + k) % m
-        x = extra_at.get(c)
-        if x is not None:
-            out.append(x)
+        extra = extra_at.get(c)
+        if extra is not None:
+            out.append(extra)
         else:
             rank = c - sum(1 for pos in extra_at if pos < c)
             out.append(pool[(sender_index + offsets[rank % base]) % n] if base else extras[k % len(extras)])
@@ -266,7 +267,7 @@ def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
     rng.shuffle(recips)
     domain = account.domain
     getrandbits = rng.getrandbits
-    out = []
+    out: list[PlannedSend] = []
     append = out.append
     for (t, name), r in zip(times, recips, strict=True):
         # PlannedSend(t, name, r, message_id(rng, t, domain)) with its slots set
@@ -280,7 +281,16 @@ def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
     return out
 
 
-def plan_stats(sends: Sequence[PlannedSend]) -> dict[str, object]:
+class PlanStats(TypedDict):
+    count: int
+    per_period: dict[str, int]
+    first: float | None
+    last: float | None
+    min_gap: float | None
+    median_gap: float | None
+
+
+def plan_stats(sends: Sequence[PlannedSend]) -> PlanStats:
     """Counts per period, first and last send, smallest and median gap (seconds)."""
     per: dict[str, int] = {}
     for s in sends:

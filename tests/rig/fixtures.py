@@ -3,7 +3,7 @@
 * ``smtp_server`` (function): in-process ``SMTPServer`` with alice/bob/carol.
 * ``mailrig`` (session): Dovecot + SMTP front (``MailRig``). Skipped when Dovecot
   is not installed, except under CI (``CI=true``), where that is an error:
-  run ``tests/rig/ensure_dovecot.sh`` first.
+  run ``tests/rig/ensure_packages.sh`` first.
 * ``clean_mailrig`` (function): the session ``mailrig`` with Dovecot running,
   every mailbox emptied and SMTP faults/records cleared.
 """
@@ -39,7 +39,7 @@ def smtp_server() -> Iterator[SMTPServer]:
 @pytest.fixture(scope="session")
 def mailrig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRig]:
     if dovecot_binary() is None:
-        reason = "dovecot is not installed (run tests/rig/ensure_dovecot.sh as root)"
+        reason = "dovecot is not installed (run tests/rig/ensure_packages.sh as root)"
         if _in_ci():
             pytest.fail(f"CI=true but {reason}", pytrace=False)
         pytest.skip(reason)

@@ -15,7 +15,7 @@ The front is a ``RigHandler`` too, so it records messages and takes the same
 faults as ``tests.rig.smtp_server.SMTPServer`` (``rig.smtp.set_fault(...)``).
 
 Needs root (Dovecot's master runs as root, mail is stored as the ``mail`` user)
-and the ``dovecot`` binary (``tests/rig/ensure_dovecot.sh`` installs it).
+and the ``dovecot`` binary (``tests/rig/ensure_packages.sh`` installs it).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ class MailRig:
 
     def start(self) -> MailRig:
         if dovecot_binary() is None:
-            raise RuntimeError("dovecot is not installed: run tests/rig/ensure_dovecot.sh")
+            raise RuntimeError("dovecot is not installed: run tests/rig/ensure_packages.sh")
         if os.geteuid() != 0:
             raise RuntimeError("MailRig needs root (Dovecot master)")
         self._prepare_root()

@@ -131,24 +131,35 @@ class Commands:
             "loop_lag_ms": round(self.d.metrics.loop_lag * 1000, 3),
             "holds": holds,
             "store": self.d.health(),
+            "planning": planning.progress,
         }
         if self.d.engagement is not None:
             out["engagement_today"] = self.d.engagement.totals_today()
         return out
 
     async def _next_send(self) -> dict[str, Any] | None:
+        """The earliest pending send: held by the timers, or still in the store
+        (beyond the paging horizon)."""
         store, _, firing = self._parts()
+        found: tuple[int, str] | None = None
         for due_ms, kind, ident in firing.timers.peek(8):
             if kind != SEND:
                 continue
             row = await store.get_send(ident)
-            if row is None:
-                continue
-            account = self.d.config.account(row.account)
-            tz = account.timezone if account else "UTC"
-            return {"account": row.account, "send_id": ident, "at": iso_local(tz, due_ms / 1000),
-                    "at_utc": iso_utc(due_ms / 1000), "timezone": tz}
-        return None
+            if row is not None and row.status == "pending":
+                found = (due_ms, row.account)
+                ident_found = ident
+                break
+        if found is None:
+            nxt = await store.next_pending(int(firing.now() * 1000))
+            if nxt is None:
+                return None
+            found, ident_found = (nxt[0], nxt[2]), nxt[1]
+        due_ms, email = found
+        account = self.d.config.account(email)
+        tz = account.timezone if account else "UTC"
+        return {"account": email, "send_id": ident_found, "at": iso_local(tz, due_ms / 1000),
+                "at_utc": iso_utc(due_ms / 1000), "timezone": tz}
 
     async def cmd_accounts(self) -> list[dict[str, Any]]:
         store, planning, _ = self._parts()

@@ -219,7 +219,7 @@ class Daemon:
         assert self.planning is not None and self.firing is not None
         await self.planning.load()
         await self.firing.recover()
-        await self.planning.plan_missing()
+        await self.planning.plan_missing(background=True)
         if any(a.imap is not None for a in self.config.accounts):
             from .imap import Engagement  # IMAP engagement: watch, place, act
 
@@ -229,6 +229,7 @@ class Daemon:
             await self.engagement.start()
         self.planning.arm_rollovers()
         self.firing.arm()
+        self._background.append(self.spawn(self.firing.page_loop(), critical=True))
 
     async def _start_control(self) -> None:
         from .control import ControlServer, ControlSocketError, SocketInUse

@@ -21,10 +21,11 @@ loses that race and never goes out.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Any, Protocol
 
 from . import faults
@@ -39,6 +40,7 @@ from .timers import ACTION, SEND, TimerHeap
 PREPARE_LEAD = 1.0  # seconds before the instant at which a send starts its session
 MAX_SLEEP = 1.0  # one armed sleep at most; the kernel's slack on long sleeps is ~0.1 %
 READ_RETRY = (0.05, 5.0)  # backoff of a failing row read on the firing path
+HORIZON = 900.0  # seconds of the future held in memory; the rest is paged in (WARMUPD_HORIZON)
 
 
 class Clock(Protocol):
@@ -50,12 +52,12 @@ class Spawn(Protocol):
 
 
 ReplyBuilder = Callable[[Account, SendRow, float], Awaitable[bytes]]
-ActionRunner = Callable[[int, int], Awaitable[None]]
+ActionRunner = Callable[[int, int], Coroutine[Any, Any, None]]
 
 
 def backoff(attempt: int, base: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter around the doubling: base*2^(n-1) x [0.5, 1.5)."""
-    return base * (2 ** (attempt - 1)) * (0.5 + rng.random())
+    return base * (2.0 ** (attempt - 1)) * (0.5 + rng.random())
 
 
 class Firing:
@@ -73,6 +75,7 @@ class Firing:
         self._pause = pause
         self._spawn = spawn
         self.retry_base = retry_base
+        self.horizon = float(os.environ.get("WARMUPD_HORIZON", HORIZON))
         self.timers = TimerHeap()
         self.log = get_logger("warmupd")
         self._armed: asyncio.TimerHandle | None = None
@@ -296,26 +299,27 @@ class Firing:
     # ------------------------------------------------------------ recovery
 
     async def recover(self) -> Recovery:
-        """Settle what a crash or a stop left behind, then hold what is still to come.
+        """Settle what a crash or a stop left behind, then hold the near future.
 
         Rows left in ``sending`` are retried if they never reached the DATA mark and
         marked ``uncertain`` if they did; pending sends more than the grace late are
         skipped ``missed``; those within it (the backlog) go out at once, one at a
-        time per account, ``min_gap`` apart."""
+        time per account, ``min_gap`` apart. Then the sends due within the horizon
+        are paged in (``page_loop`` keeps paging), and every pending retry."""
         cfg = self._config()
         now = self.now()
-        utc_today = datetime.fromtimestamp(now, UTC).date()
-        dates = [(utc_today + timedelta(days=d)).isoformat() for d in range(-2, 3)]
+        now_ms = int(now * 1000)
         accounts = {a.email: self._paused(a.email) for a in cfg.accounts}
         grace = cfg.daemon.grace
-        rec = await self.store.recover(dates, dates[0], int(now * 1000), int(grace * 1000), accounts)
-        for what in ("stale", "uncertain", "retried", "removed", "paused", "missed"):
+        rec = await self.store.recover(now_ms, int(grace * 1000), accounts)
+        for what in ("uncertain", "retried", "removed", "paused", "missed"):
             n = getattr(rec, what)
             if n:
                 self.log.info("recovery", what=what, count=n)
-        for due_ms, ident, _ in await self.store.due_keys(dates):
-            if due_ms >= now * 1000:
-                self.timers.push(due_ms, ident)
+        for due_ms, ident, _ in await self.store.start_horizon(now_ms, now_ms + int(self.horizon * 1000)):
+            self.timers.push(due_ms, ident)
+        for due_ms, ident, _ in await self.store.retry_keys(now_ms):
+            self.timers.push(due_ms, ident)
         # A backlog goes out at once, one send at a time per account, min_gap apart;
         # a send whose turn would come later than the grace after its instant is missed.
         # (A backlog send can come closer than min_gap to the account's next planned
@@ -336,3 +340,24 @@ class Firing:
                 turn += account.schedule.min_gap
         self.arm()
         return rec
+
+    async def page_loop(self) -> None:
+        """Page the sends of the next ``horizon`` into the timers, every third of it.
+
+        Each page is one range scan of a small index (store.page_in); a failing
+        page is retried: the horizon only moves once a page was read."""
+        every = max(1.0, self.horizon / 3)
+        attempt = 0
+        while not self._stopping:
+            await asyncio.sleep(every if attempt == 0 else min(every, 0.5 * 2 ** attempt))
+            try:
+                keys = await self.store.page_in(int((self.now() + self.horizon) * 1000))
+            except Exception as e:
+                attempt += 1
+                self.log.warning("paging sends in failed; retrying", error=str(e), attempt=attempt)
+                continue
+            attempt = 0
+            for due_ms, ident, _ in keys:
+                self.timers.push(due_ms, ident)
+            if keys:
+                self.arm()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -22,10 +23,12 @@ from .calendar import day_bounds, iso_utc, local_date, next_sending_day, project
 from .config import Account, Config
 from .logs import get_logger
 from .planner import Pool, day_target, new_send_target, plan_day
-from .store import AccountState, Store
+from .store import AccountState, PreparedPlan, Store
 
 PlanItem = tuple[Account, date, int, float | None, int]  # account, day, warmup day, not_before, already sent
 ROLLOVER_ATTEMPTS = 6
+PLAN_SECONDS_PER_DAY = 0.0005  # planning + persisting one account-day, with room (measured ~0.15-0.25 ms)
+BACKGROUND_AT = 2000  # account-days: a larger start-up plan runs while the daemon answers
 ROLLOVER_BACKOFF = (1.0, 60.0)
 
 
@@ -44,33 +47,56 @@ class Spawn(Protocol):
     def __call__(self, coro: Any, *, critical: bool = False) -> asyncio.Task[Any]: ...
 
 
+def plan_chunk(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool,
+               hold_cut: Callable[[Account, date], float] | None) -> tuple[PreparedPlan, int]:
+    """Plan items and prepare them for writing: pure CPU, no I/O, so that it can run on
+    a worker thread beside the event loop. Returns the prepared chunk and its sends."""
+    days = []
+    total = 0
+    for account, day, wday, not_before, already in items:
+        target = new_send_target(account, day_target(account, wday))
+        if hold_cut is not None:
+            target = round(target * hold_cut(account, day))
+        sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
+                         already_sent=already, target=target)
+        days.append((account.email, day.isoformat(), wday, target, sends))
+        total += len(sends)
+    return store.prepare_plan(days), total
+
+
 async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, *,
-                           chunk: int = 2000, on_keys: Callable[[list[tuple[int, int, str]]], None] | None = None,
-                           hold_cut: Callable[[Account, date], float] | None = None) -> int:
+                           chunk: int = 1000, on_keys: Callable[[list[tuple[int, int, str]]], None] | None = None,
+                           hold_cut: Callable[[Account, date], float] | None = None,
+                           progress: Callable[[int], None] | None = None, threaded: bool = True) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
-    Planning runs in chunks on the loop's thread while the previous chunk is
-    written by the store's thread (sqlite releases the GIL while it works),
-    and yields to the loop between chunks so firing is never held up. A chunk
-    is also prepared for writing (rows, JSON) before waiting for the previous
-    one, so that the store's thread only ever waits for SQLite.
+    Three things overlap: a worker thread plans and prepares chunk k+1 (pure Python,
+    which gives the GIL back to the event loop at least every switch interval, set to
+    1 ms meanwhile), the store's writer thread commits chunk k (SQLite releases the
+    GIL while it works), and the event loop keeps firing. ``threaded=False`` plans on
+    the loop's thread instead, for small pools and benchmarks of the planner itself.
 
     The cyclic garbage collector is paused meanwhile: planning allocates millions
     of acyclic objects, and each of its passes would walk every live object again
     (a fifth of the time at 4 M sends)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.001))
     try:
-        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut)
+        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, threaded)
     finally:
+        sys.setswitchinterval(switch)
         if gc_was_enabled:
             gc.enable()
 
 
 async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, chunk: int,
                             on_keys: Callable[[list[tuple[int, int, str]]], None] | None,
-                            hold_cut: Callable[[Account, date], float] | None) -> int:
+                            hold_cut: Callable[[Account, date], float] | None,
+                            progress: Callable[[int], None] | None, threaded: bool) -> int:
     total = 0
+    done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
 
     def fault() -> None:
@@ -78,28 +104,29 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
 
     try:
         for i in range(0, len(items), chunk):
-            days = []
-            for account, day, wday, not_before, already in items[i:i + chunk]:
-                target = new_send_target(account, day_target(account, wday))
-                if hold_cut is not None:
-                    target = round(target * hold_cut(account, day))
-                sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
-                                 already_sent=already, target=target)
-                days.append((account.email, day.isoformat(), wday, target, sends))
-                total += len(sends)
-            prepared = store.prepare_plan(days)
+            part = items[i:i + chunk]
+            if threaded:
+                prepared, n = await asyncio.to_thread(plan_chunk, store, part, rng, pool, hold_cut)
+            else:
+                prepared, n = plan_chunk(store, part, rng, pool, hold_cut)
+            total += n
             if writer is not None:
                 keys = await writer
                 writer = None
                 if on_keys:
                     on_keys(keys)
+                if progress:
+                    progress(done)
             writer = asyncio.create_task(store.insert_prepared(prepared, on_commit=fault))
+            done = i + len(part)
             await asyncio.sleep(0)
         if writer is not None:
             keys = await writer
             writer = None
             if on_keys:
                 on_keys(keys)
+            if progress:
+                progress(done)
     finally:
         if writer is not None:  # an error above: let the chunk in flight finish, then raise
             await asyncio.wait([writer])
@@ -123,6 +150,7 @@ class Planning:
         self._rollovers: dict[str, asyncio.TimerHandle] = {}
         self._last_cleanup = 0.0
         self._stopping = False
+        self.progress: dict[str, Any] | None = None  # a plan being made in the background
 
     def now(self) -> float:
         return self.clock.now()
@@ -192,33 +220,57 @@ class Planning:
 
     # ------------------------------------------------------------ planning
 
-    async def plan_missing(self, accounts: Sequence[Account] | None = None) -> int:
+    async def plan_missing(self, accounts: Sequence[Account] | None = None, *, background: bool = False) -> int:
         """Plan today for every account whose today has no plan yet (only the share
-        of window time still ahead when the day is under way). Returns the sends planned."""
+        of window time still ahead when the day is under way). Returns the sends
+        planned, or 0 when ``background`` handed a large plan to a task of its own
+        (``progress`` shows it) so that the daemon can answer and fire meanwhile.
+
+        Planning a large pool takes a while (about half a millisecond per account-day
+        here), so no send is placed before that time has passed: the plan never puts
+        a send where it would already be late when its chunk is written."""
         accounts = list(accounts if accounts is not None else self._config().accounts)
         now = self.now()
         todays = {a.email: (a, self.today(a)) for a in accounts}
         changed = await self._advance_many(todays)
         await self.store.upsert_accounts(changed)
         planned = await self.store.planned_days({d.isoformat() for _, d in todays.values()})
-        partial: list[tuple[Account, date, float | None]] = []
-        for a, day in todays.values():
-            st = self.states[a.email]
-            if (a.email, day.isoformat()) in planned or st.paused_reason:
-                continue
+        todo = [(a, day) for a, day in todays.values()
+                if (a.email, day.isoformat()) not in planned and not self.states[a.email].paused_reason]
+        lead = len(todo) * PLAN_SECONDS_PER_DAY
+        partial: list[tuple[Account, date, float | None, bool]] = []
+        for a, day in todo:
             start, _ = day_bounds(a.timezone, day)
-            partial.append((a, day, now if now > start else None))
+            begun = now > start
+            partial.append((a, day, now + lead if begun or now + lead > start else None, begun))
         already = await self.store.count_sent_many(
-            (a.email, day.isoformat()) for a, day, nb in partial if nb is not None)
-        items = [(a, day, self.states[a.email].warmup_day, nb, already.get(a.email, 0) if nb else 0)
-                 for a, day, nb in partial]
+            (a.email, day.isoformat()) for a, day, _, begun in partial if begun)
+        items = [(a, day, self.states[a.email].warmup_day, nb, already.get(a.email, 0) if begun else 0)
+                 for a, day, nb, begun in partial]
         if not items:
+            return 0
+        if background and len(items) > BACKGROUND_AT:
+            self.progress = {"account_days": len(items), "done": 0, "started": iso_utc(now)}
+            self._spawn(self._plan_in_background(items), critical=True)
             return 0
         return await self.plan_items(items)
 
+    async def _plan_in_background(self, items: Sequence[PlanItem]) -> None:
+        t0 = self.now()
+        try:
+            n = await self.plan_items(items)
+        finally:
+            self.progress = None
+        self.log.info("background planning done", account_days=len(items), sends=n,
+                      seconds=round(self.now() - t0, 3))
+
     async def plan_items(self, items: Sequence[PlanItem]) -> int:
+        def progress(done: int) -> None:
+            if self.progress is not None:
+                self.progress["done"] = done
+
         n = await plan_and_persist(self.store, items, self.rng, self.pool, on_keys=self.timers.schedule_keys,
-                                   hold_cut=self.hold_cut)
+                                   hold_cut=self.hold_cut, progress=progress)
         if len(items) <= 50:
             for a, day, wday, not_before, already in items:
                 self.log.info("planned", account=a.email, date=day.isoformat(), warmup_day=wday,

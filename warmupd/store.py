@@ -191,6 +191,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX actions_once ON actions(account, send_id, kind);
     """,
+    # 4: paging: only the near future is held in memory; the rest is found by these
+    # small partial indexes (only pending rows are in them, so they shrink as the
+    # day goes): planned instants, retry times, and rows left in 'sending'.
+    """
+    CREATE INDEX sends_due ON sends(at_ms) WHERE status='pending' AND retry_at_ms IS NULL;
+    CREATE INDEX sends_retry ON sends(retry_at_ms) WHERE status='pending' AND retry_at_ms IS NOT NULL;
+    CREATE INDEX sends_sending ON sends(id) WHERE status='sending';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -229,6 +237,10 @@ _EVENT_SQL = ("INSERT INTO events (at_ms, send_id, account, from_status, to_stat
               "VALUES (?, ?, ?, ?, ?, ?)")
 # insert_plan: the rows of each table as one JSON array of arrays (see Store.insert_plan).
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+
+
+def _json_days(items: Sequence[Any]) -> str:
+    return "[" + ",".join([_json(x) for x in items]) + "]"
 
 
 def _from_json(n: int) -> str:
@@ -394,6 +406,12 @@ class Store:
         self.health = Health()
         self.commits = 0
         self._next_id = 0  # touched only on the writer thread, inside a transaction
+        # Paging (firing.py): rows due before the horizon are held by the timers, the
+        # rest stay here. Read and moved only on the writer thread, so that each new
+        # row is handed to the timers exactly once: by the plan chunk that commits it
+        # (due before the horizon as of that commit) or by the page that moves the
+        # horizon past it. None: no paging (every key is returned).
+        self.horizon_ms: int | None = None
         self._batch: list[tuple[SendRow, str | None, str | None]] = []
         self._waiters: list[asyncio.Future[bool]] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -669,7 +687,9 @@ class Store:
         # Each table gets its rows as one JSON text and one statement, so that SQLite
         # works without the GIL throughout: executemany takes the GIL back after every
         # row, which costs a switch interval each time the loop's thread is busy planning.
-        texts = (_json(batches), _json(rows), _json(events)) if self._json_insert else None
+        # Encoded a day at a time (not one C call for the chunk), so that a chunk prepared
+        # on a worker thread gives the GIL back to the event loop between days.
+        texts = ((_json_days(batches), _json_days(rows), _json_days(events)) if self._json_insert else None)
         return PreparedPlan(kind, stamp, off, batches, rows, events, ats, accounts, texts)
 
     async def insert_prepared(self, plan: PreparedPlan, *, skip_planned: bool = False,
@@ -678,15 +698,18 @@ class Store:
 
         ``on_commit`` runs on the writer thread right before COMMIT (a test fault point)."""
 
-        def fn(con: sqlite3.Connection) -> int:
+        def fn(con: sqlite3.Connection) -> tuple[int, int | None]:
             base = self._reserve_ids(plan.count)
             self._insert_plan_sync(con, base, plan)
             if on_commit is not None:
                 on_commit()
-            return base
+            return base, self.horizon_ms
 
-        base = await self.write(fn, "plan chunk")
-        return list(zip(plan.ats, range(base, base + plan.count), plan.accounts, strict=True))
+        base, horizon = await self.write(fn, "plan chunk")
+        keys = zip(plan.ats, range(base, base + plan.count), plan.accounts, strict=True)
+        if horizon is None:
+            return list(keys)
+        return [k for k in keys if k[0] < horizon]
 
     def _insert_plan_sync(self, con: sqlite3.Connection, base: int, plan: PreparedPlan) -> None:
         """insert_plan's statements, on the writer thread inside its transaction."""
@@ -760,6 +783,70 @@ class Store:
             "SELECT coalesce(s.retry_at_ms, s.at_ms), s.id, s.account FROM plan_batches b "
             "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
             f"WHERE b.local_date IN ({q}) AND s.status='pending'", dates)])
+
+    async def _on_writer(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """A read on the writer's connection and thread (ordered with the writes),
+        retried like ``read``."""
+        for attempt in range(1, 51):
+            if self._closed:
+                raise StoreClosed(f"{self.path}: the store is closed")
+            try:
+                out: T = await self._writer.call(lambda: fn(self._writer.conn()))
+                return out
+            except sqlite3.Error as e:
+                kind = classify(e)
+                if kind == "fatal":
+                    raise StoreError(f"{self.path}: {e}" + _advice(kind)) from e
+                if kind is None or attempt == 50:
+                    raise
+                await asyncio.sleep(min(0.5, 0.01 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    async def start_horizon(self, from_ms: int, until_ms: int) -> list[tuple[int, int, str]]:
+        """Start paging: (at_ms, id, account) of the planned pending sends due in
+        [from_ms, until_ms), and the horizon set to until_ms (retries aside: see
+        ``retry_keys``)."""
+        def fn(con: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            rows = [(r[0], r[1], r[2]) for r in con.execute(
+                "SELECT at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NULL "
+                "AND at_ms >= ? AND at_ms < ?", (from_ms, until_ms))]
+            self.horizon_ms = until_ms
+            return rows
+        return await self._on_writer(fn, "page")
+
+    async def page_in(self, until_ms: int) -> list[tuple[int, int, str]]:
+        """Move the horizon to ``until_ms``: the planned pending sends due between the
+        old horizon and it (one range scan of the ``sends_due`` index)."""
+        def fn(con: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            lo = self.horizon_ms
+            if lo is None or until_ms <= lo:
+                return []
+            rows = [(r[0], r[1], r[2]) for r in con.execute(
+                "SELECT at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NULL "
+                "AND at_ms >= ? AND at_ms < ?", (lo, until_ms))]
+            self.horizon_ms = until_ms
+            return rows
+        return await self._on_writer(fn, "page")
+
+    async def next_pending(self, from_ms: int) -> tuple[int, int, str] | None:
+        """(due_ms, id, account) of the earliest pending send due at or after ``from_ms``
+        (held in memory or not), through the partial indexes."""
+        def q(con: sqlite3.Connection) -> tuple[int, int, str] | None:
+            a = con.execute("SELECT at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NULL "
+                            "AND at_ms >= ? ORDER BY at_ms LIMIT 1", (from_ms,)).fetchone()
+            b = con.execute("SELECT retry_at_ms, id, account FROM sends WHERE status='pending' AND "
+                            "retry_at_ms IS NOT NULL AND retry_at_ms >= ? ORDER BY retry_at_ms LIMIT 1",
+                            (from_ms,)).fetchone()
+            best = min((r for r in (a, b) if r is not None), default=None)
+            return (int(best[0]), int(best[1]), str(best[2])) if best else None
+        return await self.read(q, cold=True)
+
+    async def retry_keys(self, from_ms: int) -> list[tuple[int, int, str]]:
+        """(retry_at_ms, id, account) of pending retries due at or after ``from_ms``:
+        retries are few and always held in memory."""
+        return await self.read(lambda con: [(r[0], r[1], r[2]) for r in con.execute(
+            "SELECT retry_at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NOT NULL "
+            "AND retry_at_ms >= ?", (from_ms,))])
 
     async def day_rows(self, account: str, local_date: str, *, cold: bool = False) -> list[SendRow]:
         return await self.read(lambda con: self._rows_q(con, "b.account=? AND b.local_date=?",
@@ -929,64 +1016,59 @@ class Store:
                 con.execute(_EVENT_SQL, (stamp, i, account, "pending", "skipped", reason))
         return done
 
-    async def recover(self, dates: Sequence[str], before_date: str, now_ms_: int, grace_ms: int,
-                      accounts: dict[str, str | None]) -> Recovery:
-        """Settle what a crash or a stop left, in one transaction, by grouped statements:
+    async def recover(self, now_ms_: int, grace_ms: int, accounts: dict[str, str | None]) -> Recovery:
+        """Settle what a crash or a stop left, in one transaction. Every statement goes
+        through the partial indexes, so the cost is that of the rows concerned, not of
+        the day's plan:
 
-        * pending rows of days before ``before_date``: skipped ``missed``;
         * rows left in ``sending``: ``uncertain`` past the DATA mark, else pending again;
-        * pending rows of accounts no longer configured (``accounts`` maps each
-          configured account to its pause reason or None): skipped ``removed``; of
-          paused accounts: skipped ``paused: ...``; due more than the grace ago: ``missed``.
+        * pending rows already due: of accounts no longer configured (``accounts`` maps
+          each configured account to its pause reason or None) skipped ``removed``; of
+          paused accounts ``paused: ...``; due more than the grace ago ``missed``; the
+          rest are the backlog the caller sends at once.
 
-        Returns what was done and the rows still pending whose due time has passed
-        (the backlog the caller sends at once); the future is left to ``due_keys``."""
-        dq = ",".join("?" * len(dates))
+        Future rows of removed or paused accounts are settled when they come due."""
         stamp = now_ms()
 
         def fn(con: sqlite3.Connection) -> Recovery:
             rec = Recovery()
-            con.execute("CREATE TEMP TABLE IF NOT EXISTS cfg (email TEXT PRIMARY KEY, paused TEXT) WITHOUT ROWID")
-            con.execute("DELETE FROM cfg")
-            con.executemany("INSERT INTO cfg VALUES (?, ?)", accounts.items())
-            stale = [(r[0], r[1]) for r in con.execute(
-                "SELECT s.id, s.account FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND "
-                "b.last_id WHERE b.local_date < ? AND s.status='pending'", (before_date,))]
-            rec.stale = self._settle_sync(con, stale, "pending", "skipped", "missed", stamp, reason="missed")
             sending = [(r[0], r[1], r[2]) for r in con.execute(
-                "SELECT s.id, s.account, s.data_mark FROM plan_batches b JOIN sends s ON s.id BETWEEN "
-                f"b.first_id AND b.last_id WHERE b.local_date IN ({dq}) AND s.status='sending'", dates)]
+                "SELECT id, account, data_mark FROM sends WHERE status='sending'")]
             rec.uncertain = self._settle_sync(
                 con, [(i, a) for i, a, m in sending if m], "sending", "uncertain",
                 "crashed after the DATA mark; not resent", stamp,
                 last_error="crashed after the DATA mark; not resent")
             rec.retried = self._settle_sync(con, [(i, a) for i, a, m in sending if not m], "sending", "pending",
                                             "crashed before the DATA mark; retrying", stamp)
-            pend = [(r[0], r[1], r[2], r[3], r[4]) for r in con.execute(
-                "SELECT s.id, s.account, coalesce(s.retry_at_ms, s.at_ms), cfg.email IS NULL, cfg.paused "
-                "FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
-                f"LEFT JOIN cfg ON cfg.email=s.account WHERE b.local_date IN ({dq}) AND s.status='pending' "
-                "AND (cfg.email IS NULL OR cfg.paused IS NOT NULL OR coalesce(s.retry_at_ms, s.at_ms) < ?)",
-                (*dates, now_ms_))]
-            removed = [(i, a) for i, a, _, gone, _ in pend if gone]
+            due = [(r[0], r[1], r[2]) for r in con.execute(
+                "SELECT id, account, at_ms FROM sends WHERE status='pending' AND retry_at_ms IS NULL AND at_ms < ?",
+                (now_ms_,))]
+            due += [(r[0], r[1], r[2]) for r in con.execute(
+                "SELECT id, account, retry_at_ms FROM sends WHERE status='pending' AND retry_at_ms IS NOT NULL "
+                "AND retry_at_ms < ?", (now_ms_,))]
+            removed = [(i, a) for i, a, _ in due if a not in accounts]
             rec.removed = self._settle_sync(con, removed, "pending", "skipped",
                                             "removed: account no longer in config", stamp,
                                             reason="removed: account no longer in config")
-            for i, a, _, gone, paused in pend:
-                if not gone and paused is not None:
-                    reason = f"paused: {paused}"
-                    rec.paused += self._settle_sync(con, [(i, a)], "pending", "skipped", reason, stamp,
-                                                    reason=reason)
-            late = [(i, a) for i, a, due, gone, paused in pend
-                    if not gone and paused is None and due < now_ms_ - grace_ms]
+            paused: dict[str, list[tuple[int, str]]] = {}
+            late, backlog_ids = [], []
+            for i, a, at in due:
+                if a not in accounts:
+                    continue
+                if accounts[a] is not None:
+                    paused.setdefault(a, []).append((i, a))
+                elif at < now_ms_ - grace_ms:
+                    late.append((i, a))
+                else:
+                    backlog_ids.append(i)
+            for a, rows in paused.items():
+                reason = f"paused: {accounts[a]}"
+                rec.paused += self._settle_sync(con, rows, "pending", "skipped", reason, stamp, reason=reason)
             rec.missed = self._settle_sync(con, late, "pending", "skipped", "missed", stamp, reason="missed")
-            backlog_ids = [i for i, a, due, gone, paused in pend
-                           if not gone and paused is None and due >= now_ms_ - grace_ms]
             for k in range(0, len(backlog_ids), 500):
                 part = backlog_ids[k:k + 500]
                 rec.backlog += [SendRow(*r) for r in con.execute(
                     f"SELECT {_SEND_COLS} FROM sends WHERE id IN ({','.join('?' * len(part))})", part)]
-            con.execute("DELETE FROM cfg")
             return rec
 
         return await self.write(fn, "recovery")

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -358,35 +358,34 @@ class Daemon:
         if (old.daemon.log_format, old.daemon.log_level) != (new.daemon.log_format, new.daemon.log_level):
             configure_logging(new.daemon.log_format, new.daemon.log_level)
             changes.append(f"logging: {new.daemon.log_format}/{new.daemon.log_level}")
-        old_by = {a.email: a for a in old.accounts}
-        new_by = {a.email: a for a in new.accounts}
+        diff = await asyncio.to_thread(diff_accounts, old, new)  # 100,000 comparisons: off the loop
         self.config = new
-        planning.set_pool(list(new_by))
+        planning.set_pool([a.email for a in new.accounts])
         if new.daemon.max_concurrent_sends != old.daemon.max_concurrent_sends:
             firing.set_concurrency(new.daemon.max_concurrent_sends)
-        for email in sorted(old_by.keys() - new_by.keys()):
-            today = local_date(old_by[email].timezone, self.now())
+        for email in diff.removed:
+            gone = old.account(email)
+            assert gone is not None
+            today = local_date(gone.timezone, self.now())
             n = await planning.skip_for_change(email, "removed: account no longer in config",
                                                [today.isoformat(), (today + timedelta(days=1)).isoformat()])
             changes.append(f"removed {email} ({n} pending sends skipped)")
-        added = [new_by[e] for e in sorted(new_by.keys() - old_by.keys())]
+        added = [a for e in diff.added if (a := new.account(e)) is not None]
         if added:
             await planning.plan_missing(added)
             changes.extend(f"added {a.email}" for a in added)
         replan: list[Account] = []
-        for email in sorted(new_by.keys() & old_by.keys()):
-            a, b = old_by[email], new_by[email]
-            if (a.schedule, a.start_date, a.engagement, a.imap is None) != \
-                    (b.schedule, b.start_date, b.engagement, b.imap is None):
-                if planning.paused_reason(email):
-                    changes.append(f"{email}: schedule changed (paused: plans on resume)")
-                    continue
-                today = local_date(b.timezone, self.now())
-                await planning.skip_for_change(email, "replanned after a config change", [today.isoformat()])
-                replan.append(b)
-                changes.append(f"{email}: schedule changed, rest of today re-planned")
-            elif a != b:
-                changes.append(f"{email}: settings changed, apply from the next send")
+        for email in diff.schedule_changed:
+            b = new.account(email)
+            assert b is not None
+            if planning.paused_reason(email):
+                changes.append(f"{email}: schedule changed (paused: plans on resume)")
+                continue
+            today = local_date(b.timezone, self.now())
+            await planning.skip_for_change(email, "replanned after a config change", [today.isoformat()])
+            replan.append(b)
+            changes.append(f"{email}: schedule changed, rest of today re-planned")
+        changes.extend(f"{email}: settings changed, apply from the next send" for email in diff.other_changed)
         for b in replan:
             await planning.replan_rest_of_today(b)
         planning.arm_rollovers()
@@ -439,6 +438,30 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         self.log.info("stopped")
+
+
+@dataclass(frozen=True)
+class AccountsDiff:
+    removed: list[str]
+    added: list[str]
+    schedule_changed: list[str]  # schedule, start date, engagement or IMAP on/off: re-plan today
+    other_changed: list[str]     # anything else (SMTP settings...): applies from the next send
+
+
+def diff_accounts(old: Config, new: Config) -> AccountsDiff:
+    """What a reload changes, account by account (pure; run off the event loop)."""
+    old_by = {a.email: a for a in old.accounts}
+    new_by = {a.email: a for a in new.accounts}
+    schedule, other = [], []
+    for email in sorted(new_by.keys() & old_by.keys()):
+        a, b = old_by[email], new_by[email]
+        if (a.schedule, a.start_date, a.engagement, a.imap is None) != \
+                (b.schedule, b.start_date, b.engagement, b.imap is None):
+            schedule.append(email)
+        elif a != b:
+            other.append(email)
+    return AccountsDiff(sorted(old_by.keys() - new_by.keys()), sorted(new_by.keys() - old_by.keys()),
+                        schedule, other)
 
 
 class _EngagementHost:

@@ -115,7 +115,7 @@ def _plan_only(items: list, rng: random.Random, pool: Pool, chunk: int) -> int:
 
 
 async def plan_persist(db: Path, items: list, seed: int, pool: Pool, chunk: int,
-                       heap: TimerHeap | None, threaded: bool = True) -> tuple[int, float, int]:
+                       heap: TimerHeap | None) -> tuple[int, float, int]:
     store = await Store.open(db)  # synchronous=FULL, as the daemon opens it
     try:
         on_keys = None
@@ -124,8 +124,7 @@ async def plan_persist(db: Path, items: list, seed: int, pool: Pool, chunk: int,
                 for due_ms, ident, _ in keys:
                     heap.push(due_ms, ident)
         t0 = time.perf_counter()
-        n = await plan_and_persist(store, items, random.Random(seed), pool, chunk=chunk, on_keys=on_keys,
-                                   threaded=threaded)
+        n = await plan_and_persist(store, items, random.Random(seed), pool, chunk=chunk, on_keys=on_keys)
         dt = time.perf_counter() - t0
         stored = await store.read(lambda con: int(con.execute("SELECT count(*) FROM sends").fetchone()[0]))
     finally:

@@ -19,11 +19,14 @@ from .calendar import iso_local, iso_utc, local_date, projected_warmup_day, why_
 from .config import Account, Config
 from .control import ControlError
 from .firing import Firing
+from .logs import get_logger
 from .metrics import LATENESS_BUCKETS, Metrics
 from .planner import day_target
 from .planning import Planning
 from .store import STATUSES, Store
 from .timers import SEND
+
+log = get_logger("warmupd.commands")
 
 
 class EngagementView(Protocol):
@@ -54,11 +57,23 @@ class DaemonView(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
+LIVE_COUNTS_UP_TO = 5000  # accounts; a larger pool's day counts come from a snapshot
+SNAPSHOT_MAX_AGE = 10.0  # seconds before a status asks for a fresh snapshot
+
+
 class Commands:
-    """The control socket's handler (control.ControlHandler)."""
+    """The control socket's handler (control.ControlHandler).
+
+    A pool's counts of the day (sends by status) are one grouped query over the
+    day's rows. Up to ``LIVE_COUNTS_UP_TO`` accounts that takes milliseconds and
+    every answer counts afresh; beyond, it takes a second or more, so answers
+    carry the last snapshot (``counts_as_of``) and a snapshot older than
+    ``SNAPSHOT_MAX_AGE`` is refreshed in the background: a status never waits for it."""
 
     def __init__(self, daemon: DaemonView) -> None:
         self.d = daemon
+        self._snapshot: tuple[float, dict[str, dict[str, int]]] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ helpers
 
@@ -78,16 +93,35 @@ class Commands:
     def _today(self, a: Account) -> date:
         return local_date(a.timezone, time.time() if self.d.firing is None else self.d.firing.now())
 
-    async def timezone_counts(self) -> dict[str, dict[str, int]]:
+    async def _count_accounts(self) -> dict[str, dict[str, int]]:
         store, _, _ = self._parts()
-        accounts = self.d.config.accounts
-        counts = await store.day_counts((a.email, self._today(a).isoformat()) for a in accounts)
+        return await store.day_counts((a.email, self._today(a).isoformat()) for a in self.d.config.accounts)
+
+    async def _refresh(self) -> None:
+        try:
+            self._snapshot = (time.time(), await self._count_accounts())
+        except Exception as e:  # the store closing, or failing: the next status asks again
+            log.warning("counting the day for status failed", error=str(e))
+        finally:
+            self._refreshing = None
+
+    async def account_counts(self) -> tuple[dict[str, dict[str, int]] | None, float | None]:
+        """{account: {status: n}} of each account's today, and when it was counted."""
+        if len(self.d.config.accounts) <= LIVE_COUNTS_UP_TO:
+            return await self._count_accounts(), None
+        snap = self._snapshot
+        if (snap is None or time.time() - snap[0] > SNAPSHOT_MAX_AGE) and self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh())
+        return (snap[1], snap[0]) if snap else (None, None)
+
+    async def timezone_counts(self) -> tuple[dict[str, dict[str, int]], float | None]:
+        counts, as_of = await self.account_counts()
         out: dict[str, dict[str, int]] = {}
-        for a in accounts:
+        for a in self.d.config.accounts:
             tzc = out.setdefault(a.timezone, dict.fromkeys(STATUSES, 0))
-            for s, n in counts.get(a.email, {}).items():
+            for s, n in (counts or {}).get(a.email, {}).items():
                 tzc[s] = tzc.get(s, 0) + n
-        return out
+        return out, as_of
 
     # ------------------------------------------------------------ the commands
 
@@ -101,7 +135,7 @@ class Commands:
     async def cmd_status(self) -> dict[str, Any]:
         _, planning, firing = self._parts()
         cfg = self.d.config
-        tzc = await self.timezone_counts()
+        tzc, as_of = await self.timezone_counts()
         today = dict.fromkeys(STATUSES, 0)
         for counts in tzc.values():
             for k, v in counts.items():
@@ -132,6 +166,8 @@ class Commands:
             "holds": holds,
             "store": self.d.health(),
             "planning": planning.progress,
+            # None: counted for this answer; else when the snapshot was taken (large pools)
+            "counts_as_of": iso_utc(as_of) if as_of else None,
         }
         if self.d.engagement is not None:
             out["engagement_today"] = self.d.engagement.totals_today()
@@ -165,7 +201,7 @@ class Commands:
         store, planning, _ = self._parts()
         accounts = self.d.config.accounts
         days = {a.email: self._today(a) for a in accounts}
-        counts = await store.day_counts((e, d.isoformat()) for e, d in days.items())
+        counts = (await self.account_counts())[0] or {}
         out = []
         for a in accounts:
             day = days[a.email]

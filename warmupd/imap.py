@@ -812,16 +812,12 @@ class Engagement:
             if r is not None and (not mids or r.message_id in mids):
                 row = r
                 break
-        if row is None:
-            for mid in mids:
-                for acc in [w.account, *self.host.accounts]:
-                    today = local_date(acc.timezone, self.host.now())
-                    dates = [(today - timedelta(days=d)).isoformat() for d in range(-1, 8)]
-                    row = await self.store.by_message_id(mid, acc.email, dates)
-                    if row is not None:
-                        break
-                if row is not None:
-                    break
+        if row is None and mids:
+            # No id in the report: look the Message-IDs up among the last week's sends of
+            # the whole pool, in one query (not one per account).
+            today = date.fromtimestamp(self.host.now())
+            dates = [(today - timedelta(days=d)).isoformat() for d in range(-1, 9)]
+            row = await self.store.by_message_ids(mids, dates)
         if row is None or not await self.store.mark_bounced(row.id):
             return
         sender = self._account(row.account)

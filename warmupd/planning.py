@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -23,10 +23,11 @@ from .calendar import day_bounds, iso_utc, local_date, next_sending_day, project
 from .config import Account, Config
 from .logs import get_logger
 from .planner import Pool, day_target, new_send_target, plan_day
-from .store import AccountState, PreparedPlan, Store
+from .store import AccountState, PlanBuilder, Store
 
 PlanItem = tuple[Account, date, int, float | None, int]  # account, day, warmup day, not_before, already sent
 ROLLOVER_ATTEMPTS = 6
+SLICE = 0.002  # seconds of planning on the loop's thread between two looks at the timers
 PLAN_SECONDS_PER_DAY = 0.0005  # planning + persisting one account-day, with room (measured ~0.15-0.25 ms)
 BACKGROUND_AT = 2000  # account-days: a larger start-up plan runs while the daemon answers
 ROLLOVER_BACKOFF = (1.0, 60.0)
@@ -47,46 +48,27 @@ class Spawn(Protocol):
     def __call__(self, coro: Any, *, critical: bool = False) -> asyncio.Task[Any]: ...
 
 
-def plan_chunk(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool,
-               hold_cut: Callable[[Account, date], float] | None) -> tuple[PreparedPlan, int]:
-    """Plan items and prepare them for writing: pure CPU, no I/O, so that it can run on
-    a worker thread beside the event loop. Returns the prepared chunk and its sends."""
-    days = []
-    total = 0
-    for account, day, wday, not_before, already in items:
-        target = new_send_target(account, day_target(account, wday))
-        if hold_cut is not None:
-            target = round(target * hold_cut(account, day))
-        sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
-                         already_sent=already, target=target)
-        days.append((account.email, day.isoformat(), wday, target, sends))
-        total += len(sends)
-    return store.prepare_plan(days), total
-
-
 async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, *,
                            chunk: int = 1000, on_keys: Callable[[list[tuple[int, int, str]]], None] | None = None,
                            hold_cut: Callable[[Account, date], float] | None = None,
-                           progress: Callable[[int], None] | None = None, threaded: bool = True) -> int:
+                           progress: Callable[[int], None] | None = None, slice_s: float = SLICE) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
-    Three things overlap: a worker thread plans and prepares chunk k+1 (pure Python,
-    which gives the GIL back to the event loop at least every switch interval, set to
-    1 ms meanwhile), the store's writer thread commits chunk k (SQLite releases the
-    GIL while it works), and the event loop keeps firing. ``threaded=False`` plans on
-    the loop's thread instead, for small pools and benchmarks of the planner itself.
+    Planning runs on the loop's thread in slices of ``slice_s`` (a few account-days
+    each; the loop runs its timers between slices, so a send due meanwhile is at
+    most about a slice late), while the store's writer thread commits the previous
+    chunk of ``chunk`` account-days (SQLite releases the GIL while it works).
+    (A worker thread for planning was tried: the loop then waits for the GIL at
+    every step of a send, which made sends due during a rollover 20 ms late.)
 
     The cyclic garbage collector is paused meanwhile: planning allocates millions
     of acyclic objects, and each of its passes would walk every live object again
     (a fifth of the time at 4 M sends)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, 0.001))
     try:
-        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, threaded)
+        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s)
     finally:
-        sys.setswitchinterval(switch)
         if gc_was_enabled:
             gc.enable()
 
@@ -94,32 +76,48 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
 async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, chunk: int,
                             on_keys: Callable[[list[tuple[int, int, str]]], None] | None,
                             hold_cut: Callable[[Account, date], float] | None,
-                            progress: Callable[[int], None] | None, threaded: bool) -> int:
+                            progress: Callable[[int], None] | None, slice_s: float) -> int:
     total = 0
     done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
+    clock = time.perf_counter
 
     def fault() -> None:
         faults.point("store.plan_chunk")
 
+    async def submit(builder: PlanBuilder) -> None:
+        nonlocal writer
+        if writer is not None:
+            keys = await writer
+            writer = None
+            if on_keys:
+                on_keys(keys)
+            if progress:
+                progress(done)
+        writer = asyncio.create_task(store.insert_prepared(builder.finish(), on_commit=fault))
+
     try:
-        for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
-            if threaded:
-                prepared, n = await asyncio.to_thread(plan_chunk, store, part, rng, pool, hold_cut)
-            else:
-                prepared, n = plan_chunk(store, part, rng, pool, hold_cut)
-            total += n
-            if writer is not None:
-                keys = await writer
-                writer = None
-                if on_keys:
-                    on_keys(keys)
-                if progress:
-                    progress(done)
-            writer = asyncio.create_task(store.insert_prepared(prepared, on_commit=fault))
-            done = i + len(part)
-            await asyncio.sleep(0)
+        builder = store.plan_builder()
+        slice_end = clock() + slice_s
+        for account, day, wday, not_before, already in items:
+            target = new_send_target(account, day_target(account, wday))
+            if hold_cut is not None:
+                target = round(target * hold_cut(account, day))
+            sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
+                             already_sent=already, target=target)
+            builder.add_day(account.email, day.isoformat(), wday, target, sends)
+            total += len(sends)
+            if builder.days >= chunk:
+                await submit(builder)
+                done += builder.days
+                builder = store.plan_builder()
+                slice_end = clock() + slice_s
+            elif clock() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = clock() + slice_s
+        if builder.days:
+            await submit(builder)
+            done += builder.days
         if writer is not None:
             keys = await writer
             writer = None

@@ -239,10 +239,6 @@ _EVENT_SQL = ("INSERT INTO events (at_ms, send_id, account, from_status, to_stat
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
 
 
-def _json_days(items: Sequence[Any]) -> str:
-    return "[" + ",".join([_json(x) for x in items]) + "]"
-
-
 def _from_json(n: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n)) + " FROM json_each(?1)"
 
@@ -277,6 +273,58 @@ class PreparedPlan:
     ats: list[int]
     accounts: list[str]
     texts: tuple[str, str, str] | None
+
+
+class PlanBuilder:
+    """Planned days made ready to write, one day at a time (ids relative to the first).
+
+    Each table gets its rows as one JSON text and one statement (``insert_prepared``),
+    so that SQLite works without the GIL throughout: executemany takes the GIL back
+    after every row. Each day is encoded as it is added (a fraction of a millisecond),
+    so that building a chunk never holds the event loop for long."""
+
+    def __init__(self, kind: str, json_insert: bool) -> None:
+        self.kind = kind
+        self.stamp = now_ms()
+        self.days = 0
+        self._json = json_insert
+        self._off = 0
+        self._rows: list[tuple[Any, ...]] = []
+        self._batches: list[tuple[Any, ...]] = []
+        self._events: list[tuple[Any, ...]] = []
+        self._texts: tuple[list[str], list[str], list[str]] = ([], [], [])
+        self._ats: list[int] = []
+        self._accounts: list[str] = []
+
+    def add_day(self, account: str, local_date: str, wday: int, target: int, sends: Sequence[Any]) -> None:
+        n, off = len(sends), self._off
+        batch = (account, local_date, off, off + n - 1, wday, target, self.stamp)
+        day_ats = [int(s.at * 1000 + 0.5) for s in sends]
+        row = (off, account, local_date,
+               [(a, s.period, s.recipient, s.message_id) for a, s in zip(day_ats, sends, strict=True)])
+        # One event per planned account-day, not per row: planning is one change.
+        event = (self.stamp, None, account, None, "planned",
+                 f"{local_date}: warmup day {wday}, target {target}, {n} sends")
+        self._batches.append(batch)
+        self._rows.append(row)
+        self._events.append(event)
+        if self._json:
+            self._texts[0].append(_json(batch))
+            self._texts[1].append(_json(row))
+            self._texts[2].append(_json(event))
+        self._ats += day_ats
+        self._accounts += repeat(account, n)
+        self._off += n
+        self.days += 1
+
+    @property
+    def count(self) -> int:
+        return self._off
+
+    def finish(self) -> PreparedPlan:
+        b, r, e = ("[" + ",".join(t) + "]" for t in self._texts)
+        return PreparedPlan(self.kind, self.stamp, self._off, self._batches, self._rows, self._events,
+                            self._ats, self._accounts, (b, r, e) if self._json else None)
 
 
 @dataclass(slots=True)
@@ -666,31 +714,14 @@ class Store:
         """The CPU part of ``insert_plan``, without I/O or store state (ids relative to
         the first), so that a caller can prepare a chunk while the previous one is
         being written; ``insert_prepared`` writes it."""
-        stamp = now_ms()
-        off = 0
-        rows: list[tuple[Any, ...]] = []  # per day: (first, account, local_date, [(at_ms, period, recipient, message_id)])
-        batches: list[tuple[Any, ...]] = []
-        ats: list[int] = []
-        accounts: list[str] = []
-        for account, local_date, wday, target, sends in days:
-            n = len(sends)
-            batches.append((account, local_date, off, off + n - 1, wday, target, stamp))
-            day_ats = [int(s.at * 1000 + 0.5) for s in sends]
-            rows.append((off, account, local_date,
-                         [(a, s.period, s.recipient, s.message_id) for a, s in zip(day_ats, sends, strict=True)]))
-            ats += day_ats
-            accounts += repeat(account, n)
-            off += n
-        # One event per planned account-day, not per row: planning is one change.
-        events = [(stamp, None, d[0], None, "planned",
-                   f"{d[1]}: warmup day {d[2]}, target {d[3]}, {len(d[4])} sends") for d in days]
-        # Each table gets its rows as one JSON text and one statement, so that SQLite
-        # works without the GIL throughout: executemany takes the GIL back after every
-        # row, which costs a switch interval each time the loop's thread is busy planning.
-        # Encoded a day at a time (not one C call for the chunk), so that a chunk prepared
-        # on a worker thread gives the GIL back to the event loop between days.
-        texts = ((_json_days(batches), _json_days(rows), _json_days(events)) if self._json_insert else None)
-        return PreparedPlan(kind, stamp, off, batches, rows, events, ats, accounts, texts)
+        builder = self.plan_builder(kind)
+        for day in days:
+            builder.add_day(*day)
+        return builder.finish()
+
+    def plan_builder(self, kind: str = "new") -> PlanBuilder:
+        """``prepare_plan`` a day at a time, so that a planner can yield between days."""
+        return PlanBuilder(kind, self._json_insert)
 
     async def insert_prepared(self, plan: PreparedPlan, *, skip_planned: bool = False,
                               on_commit: Callable[[], None] | None = None) -> list[tuple[int, int, str]]:
@@ -865,6 +896,20 @@ class Store:
             r = con.execute(f"SELECT {_SEND_COLS} FROM sends WHERE account=? AND message_id=?",
                             (account, message_id)).fetchone()
             return SendRow(*r) if r else None
+
+        return await self.read(fn)
+
+    async def by_message_ids(self, message_ids: Sequence[str], local_dates: Sequence[str]) -> SendRow | None:
+        """A planned send of any account on one of ``local_dates`` whose Message-ID is
+        one of ``message_ids``: one pass over those days' rows."""
+        if not message_ids or not local_dates:
+            return None
+        dq, mq = ",".join("?" * len(local_dates)), ",".join("?" * len(message_ids))
+
+        def fn(con: sqlite3.Connection) -> SendRow | None:
+            rows = self._rows_q(con, f"b.local_date IN ({dq})", (*local_dates, *message_ids),
+                                f"s.message_id IN ({mq})")
+            return rows[0] if rows else None
 
         return await self.read(fn)
 

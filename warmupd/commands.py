@@ -93,9 +93,21 @@ class Commands:
     def _today(self, a: Account) -> date:
         return local_date(a.timezone, time.time() if self.d.firing is None else self.d.firing.now())
 
+    def _todays(self) -> dict[str, date]:
+        """Each account's local date, computed once per timezone (a pool has a few)."""
+        now = time.time() if self.d.firing is None else self.d.firing.now()
+        by_tz: dict[str, date] = {}
+        out = {}
+        for a in self.d.config.accounts:
+            day = by_tz.get(a.timezone)
+            if day is None:
+                day = by_tz[a.timezone] = local_date(a.timezone, now)
+            out[a.email] = day
+        return out
+
     async def _count_accounts(self) -> dict[str, dict[str, int]]:
         store, _, _ = self._parts()
-        return await store.day_counts((a.email, self._today(a).isoformat()) for a in self.d.config.accounts)
+        return await store.day_counts((e, d.isoformat()) for e, d in self._todays().items())
 
     async def _refresh(self) -> None:
         try:
@@ -141,13 +153,13 @@ class Commands:
             for k, v in counts.items():
                 today[k] = today.get(k, 0) + v
         paused, holds = [], []
+        todays = self._todays()
         for e, st in sorted(planning.states.items()):
-            a = cfg.account(e)
-            if a is None:
+            if e not in todays:
                 continue
             if st.paused_reason:
                 paused.append({"email": e, "reason": st.paused_reason})
-            if st.hold_until and st.hold_until > self._today(a).isoformat():
+            if st.hold_until and st.hold_until > todays[e].isoformat():
                 holds.append({"email": e, "until": st.hold_until, "reason": st.hold_reason})
         out: dict[str, Any] = {
             "version": __version__,
@@ -200,7 +212,7 @@ class Commands:
     async def cmd_accounts(self) -> list[dict[str, Any]]:
         store, planning, _ = self._parts()
         accounts = self.d.config.accounts
-        days = {a.email: self._today(a) for a in accounts}
+        days = self._todays()
         counts = (await self.account_counts())[0] or {}
         out = []
         for a in accounts:

@@ -14,9 +14,9 @@ import asyncio
 import gc
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import faults
 from .calendar import day_bounds, iso_utc, local_date, next_sending_day, projected_warmup_day
@@ -25,6 +25,7 @@ from .logs import get_logger
 from .planner import Pool, day_target, new_send_target, plan_day
 from .store import AccountState, PlanBuilder, Store
 
+T = TypeVar("T")
 PlanItem = tuple[Account, date, int, float | None, int]  # account, day, warmup day, not_before, already sent
 ROLLOVER_ATTEMPTS = 6
 SLICE = 0.002  # seconds of planning on the loop's thread between two looks at the timers
@@ -131,6 +132,15 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
     return total
 
 
+async def _paced(items: Iterable[T], every: int = 500) -> AsyncIterator[T]:
+    """``items``, with a yield to the event loop every ``every`` of them, so that a
+    loop over a whole pool never holds the timers up for more than a few ms."""
+    for k, item in enumerate(items, 1):
+        yield item
+        if k % every == 0:
+            await asyncio.sleep(0)
+
+
 class Planning:
     """Account state, planning, rollover, pause and resume. Wired by daemon.py."""
 
@@ -185,7 +195,7 @@ class Planning:
         query for all of them; returns the states that changed (not yet stored)."""
         changed: list[AccountState] = []
         behind: dict[str, tuple[AccountState, str]] = {}
-        for email, (account, today) in todays.items():
+        async for email, (account, today) in _paced(todays.items()):
             st = self.states.get(email)
             if st is None:
                 st = self._init_state(account, today)
@@ -199,7 +209,7 @@ class Planning:
             after = min(st.advanced_through for st, _ in behind.values())
             until_max = max(u for _, u in behind.values())
             sent = await self.store.sent_dates_many(list(behind), after, until_max)
-            for email, (st, until) in behind.items():
+            async for email, (st, until) in _paced(behind.items()):
                 days = [d for d in sent.get(email, ()) if st.advanced_through < d <= until]
                 counted = [d for d in days if not (st.hold_until and d < st.hold_until)]
                 st.warmup_day += len(counted)
@@ -229,16 +239,24 @@ class Planning:
         a send where it would already be late when its chunk is written."""
         accounts = list(accounts if accounts is not None else self._config().accounts)
         now = self.now()
-        todays = {a.email: (a, self.today(a)) for a in accounts}
+        # Per timezone, not per account: a zone's midnight may hold 10,000 accounts, and
+        # every loop over them below yields to the event loop now and then (``_paced``).
+        by_tz: dict[str, tuple[date, float]] = {}
+        todays: dict[str, tuple[Account, date]] = {}
+        async for a in _paced(accounts):
+            if a.timezone not in by_tz:
+                day = local_date(a.timezone, now)
+                by_tz[a.timezone] = (day, day_bounds(a.timezone, day)[0])
+            todays[a.email] = (a, by_tz[a.timezone][0])
         changed = await self._advance_many(todays)
         await self.store.upsert_accounts(changed)
-        planned = await self.store.planned_days({d.isoformat() for _, d in todays.values()})
-        todo = [(a, day) for a, day in todays.values()
+        planned = await self.store.planned_days({d.isoformat() for d, _ in by_tz.values()})
+        todo = [(a, day) async for a, day in _paced(todays.values())
                 if (a.email, day.isoformat()) not in planned and not self.states[a.email].paused_reason]
         lead = len(todo) * PLAN_SECONDS_PER_DAY
         partial: list[tuple[Account, date, float | None, bool]] = []
-        for a, day in todo:
-            start, _ = day_bounds(a.timezone, day)
+        async for a, day in _paced(todo):
+            start = by_tz[a.timezone][1]
             begun = now > start
             partial.append((a, day, now + lead if begun or now + lead > start else None, begun))
         already = await self.store.count_sent_many(

@@ -29,7 +29,7 @@ T = TypeVar("T")
 PlanItem = tuple[Account, date, int, float | None, int]  # account, day, warmup day, not_before, already sent
 ROLLOVER_ATTEMPTS = 6
 SLICE = 0.002  # seconds of planning on the loop's thread between two looks at the timers
-PLAN_SECONDS_PER_DAY = 0.0005  # planning + persisting one account-day, with room (measured ~0.15-0.25 ms)
+PLAN_LEAD = 10.0  # seconds: no send is placed sooner after its account-day is planned (chunk written, timers held)
 BACKGROUND_AT = 2000  # account-days: a larger start-up plan runs while the daemon answers
 ROLLOVER_BACKOFF = (1.0, 60.0)
 
@@ -52,7 +52,8 @@ class Spawn(Protocol):
 async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, *,
                            chunk: int = 1000, on_keys: Callable[[list[tuple[int, int, str]]], None] | None = None,
                            hold_cut: Callable[[Account, date], float] | None = None,
-                           progress: Callable[[int], None] | None = None, slice_s: float = SLICE) -> int:
+                           progress: Callable[[int], None] | None = None, slice_s: float = SLICE,
+                           clock: Callable[[], float] | None = None, lead: float = 0.0) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
     Planning runs on the loop's thread in slices of ``slice_s`` (a few account-days
@@ -62,13 +63,18 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     (A worker thread for planning was tried: the loop then waits for the GIL at
     every step of a send, which made sends due during a rollover 20 ms late.)
 
+    With ``clock`` and ``lead``, no send is placed earlier than ``lead`` seconds after
+    the moment its account-day is planned: by then its chunk is written and its
+    timers held, so a large plan never makes its own first sends late.
+
     The cyclic garbage collector is paused meanwhile: planning allocates millions
     of acyclic objects, and each of its passes would walk every live object again
     (a fifth of the time at 4 M sends)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s)
+        return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s,
+                                       clock, lead)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -77,7 +83,8 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
 async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, chunk: int,
                             on_keys: Callable[[list[tuple[int, int, str]]], None] | None,
                             hold_cut: Callable[[Account, date], float] | None,
-                            progress: Callable[[int], None] | None, slice_s: float) -> int:
+                            progress: Callable[[int], None] | None, slice_s: float,
+                            now: Callable[[], float] | None, lead: float) -> int:
     total = 0
     done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
@@ -101,6 +108,10 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
         builder = store.plan_builder()
         slice_end = clock() + slice_s
         for account, day, wday, not_before, already in items:
+            if now is not None:
+                earliest = now() + lead
+                if not_before is not None or earliest > day_bounds(account.timezone, day)[0]:
+                    not_before = max(not_before or earliest, earliest)
             target = new_send_target(account, day_target(account, wday))
             if hold_cut is not None:
                 target = round(target * hold_cut(account, day))
@@ -234,9 +245,9 @@ class Planning:
         planned, or 0 when ``background`` handed a large plan to a task of its own
         (``progress`` shows it) so that the daemon can answer and fire meanwhile.
 
-        Planning a large pool takes a while (about half a millisecond per account-day
-        here), so no send is placed before that time has passed: the plan never puts
-        a send where it would already be late when its chunk is written."""
+        Planning a large pool takes a while, so no send is placed sooner than
+        ``PLAN_LEAD`` after its own account-day is planned: the plan never puts a
+        send where it would already be late when its chunk is written."""
         accounts = list(accounts if accounts is not None else self._config().accounts)
         now = self.now()
         # Per timezone, not per account: a zone's midnight may hold 10,000 accounts, and
@@ -253,12 +264,10 @@ class Planning:
         planned = await self.store.planned_days({d.isoformat() for d, _ in by_tz.values()})
         todo = [(a, day) async for a, day in _paced(todays.values())
                 if (a.email, day.isoformat()) not in planned and not self.states[a.email].paused_reason]
-        lead = len(todo) * PLAN_SECONDS_PER_DAY
         partial: list[tuple[Account, date, float | None, bool]] = []
         async for a, day in _paced(todo):
-            start = by_tz[a.timezone][1]
-            begun = now > start
-            partial.append((a, day, now + lead if begun or now + lead > start else None, begun))
+            begun = now > by_tz[a.timezone][1]
+            partial.append((a, day, now if begun else None, begun))
         already = await self.store.count_sent_many(
             (a.email, day.isoformat()) for a, day, _, begun in partial if begun)
         items = [(a, day, self.states[a.email].warmup_day, nb, already.get(a.email, 0) if begun else 0)
@@ -286,7 +295,7 @@ class Planning:
                 self.progress["done"] = done
 
         n = await plan_and_persist(self.store, items, self.rng, self.pool, on_keys=self.timers.schedule_keys,
-                                   hold_cut=self.hold_cut, progress=progress)
+                                   hold_cut=self.hold_cut, progress=progress, clock=self.now, lead=PLAN_LEAD)
         if len(items) <= 50:
             for a, day, wday, not_before, already in items:
                 self.log.info("planned", account=a.email, date=day.isoformat(), warmup_day=wday,

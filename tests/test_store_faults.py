@@ -296,6 +296,24 @@ def test_a_rollover_that_fails_once_still_plans_its_zone(tmp_path: Path, smtp_se
 # ---------------------------------------------------------------- a damaged database at start
 
 
+def test_a_large_damaged_database_is_checked_after_start_and_stops_the_daemon(tmp_path: Path,
+                                                                              daemons: DaemonFactory) -> None:
+    """A file over FULL_CHECK_MAX (here 1 byte) starts on the cheap checks; the full check
+    then runs in the background and ends the daemon (exit 70) naming the damage."""
+    cfg = write_config(tmp_path, 1)
+    now = time.time()
+    seed_plan(tmp_path, {ALICE: [now + 3600 + i for i in range(20_000)]})
+    db = db_path(tmp_path)
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 4096 // 2 * 4096  # a page in the middle: not one a start reads
+    data[middle + 100:middle + 612] = os.urandom(512)
+    db.write_bytes(bytes(data))
+    d = daemons(cfg, tmp_path, env={"WARMUPD_FULL_CHECK_MAX": "1"}, wait_ready=False)
+    assert d.wait(30) == 70
+    (fatal,) = d.find("fatal error; stopping for a restart")
+    assert "damaged" in fatal["error"] and str(db) in fatal["error"], fatal
+
+
 def _run_daemon(cfg: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "warmupd.cli", "run", "--config", str(cfg)],

@@ -41,7 +41,7 @@ from .firing import Clock, Firing
 from .logs import configure_logging, get_logger, register_secret
 from .metrics import Metrics
 from .planning import Planning
-from .store import AccountState, Health, Store, StoreError
+from .store import FULL_CHECK_MAX, AccountState, Health, Store, StoreError
 from .timers import SEND
 
 EX_SOFTWARE = 70
@@ -230,6 +230,19 @@ class Daemon:
         self.planning.arm_rollovers()
         self.firing.arm()
         self._background.append(self.spawn(self.firing.page_loop(), critical=True))
+        if self.config.daemon.database.stat().st_size > FULL_CHECK_MAX:
+            self.spawn(self._verify_store(), critical=True)
+
+    async def _verify_store(self) -> None:
+        """The full check of a large database, after start (store.check_file did the cheap one)."""
+        assert self.store is not None
+        t0 = time.time()
+        problem = await self.store.verify()
+        if problem is None:
+            self.log.info("database checked", seconds=round(time.time() - t0, 1))
+            return
+        raise StoreError(f"{self.config.daemon.database}: the database is damaged ({problem}): "
+                         "stopping; restore a backup or move the file away to start afresh")
 
     async def _start_control(self) -> None:
         from .control import ControlServer, ControlSocketError, SocketInUse

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import time
@@ -52,6 +53,8 @@ from .logs import get_logger
 T = TypeVar("T")
 log = get_logger("warmupd.store")
 
+# bytes: a larger database is fully checked after start, not before (WARMUPD_FULL_CHECK_MAX for tests)
+FULL_CHECK_MAX = int(os.environ.get("WARMUPD_FULL_CHECK_MAX", 512 << 20))
 APPLICATION_ID = 0x57524D55  # "WRMU": marks a file as a warmupd database
 STATUSES = ("pending", "sending", "sent", "failed", "skipped", "uncertain")
 FINISHED = ("sent", "failed", "skipped", "uncertain")
@@ -360,8 +363,16 @@ def check_file(path: Path) -> int:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         # quick_check reads every page (not the index-vs-table cross checks of
-        # integrity_check): a damaged file is caught here, before any write.
-        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+        # integrity_check): a damaged file is caught here, before any write. It takes
+        # about 0.4 s per 100 MB here; a larger file gets the cheap checks below now
+        # and its full check in the background once the daemon runs (Store.verify).
+        if path.stat().st_size <= FULL_CHECK_MAX:
+            problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+        else:
+            problems = ["ok"]
+            for table in ("accounts", "plan_batches", "sends", "events"):
+                con.execute(f"SELECT * FROM {table} ORDER BY rowid DESC LIMIT 1" if table != "plan_batches"
+                            else "SELECT * FROM plan_batches LIMIT 1").fetchall()
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path}: cannot read the database ({e}); refusing to touch it: "
                          "restore a backup or move the file away to start afresh") from None
@@ -530,6 +541,12 @@ class Store:
             self._closed = True
             for t in (self._writer, self._hot, self._cold):
                 await t.close()
+
+    async def verify(self) -> str | None:
+        """A full ``quick_check`` on the cold reader (for a file too large to check
+        before start): None when the file is sound, else what is damaged."""
+        rows = await self.read(lambda con: [str(r[0]) for r in con.execute("PRAGMA quick_check(3)")], cold=True)
+        return None if rows == ["ok"] else "; ".join(" ".join(r.split()) for r in rows)
 
     async def schema_version(self) -> int:
         return await self.read(lambda con: int(con.execute("PRAGMA user_version").fetchone()[0]), cold=True)

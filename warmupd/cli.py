@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import sys
@@ -38,43 +37,43 @@ def _load(path: str) -> Config:
         raise SystemExit(EX_CONFIG) from None
 
 
-async def _stored_warmup_day(cfg: Config, account: Account, day: date) -> int | None:
-    """The warmup day from an existing database, read-only; None without one."""
+def stored_states(cfg: Config) -> dict[str, tuple[int, str]]:
+    """{email: (warmup_day, advanced_through)} from an existing database, read-only, in
+    one query; empty without a usable one."""
     from .store import SCHEMA_VERSION, StoreError, check_file
 
     db = cfg.daemon.database
     try:
         if check_file(db) != SCHEMA_VERSION:
-            return None
+            return {}
     except StoreError:
-        return None
+        return {}
     import sqlite3
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        row = con.execute("SELECT warmup_day, advanced_through FROM accounts WHERE email=?",
-                          (account.email,)).fetchone()
+        return {r[0]: (int(r[1]), str(r[2])) for r in con.execute(
+            "SELECT email, warmup_day, advanced_through FROM accounts")}
     finally:
         con.close()
-    if row is None:
-        return None
-    wday, through = row
-    # Days after advanced_through are projected as uninterrupted operation.
-    d = date.fromisoformat(through) + timedelta(days=1)
+
+
+def warmup_day_for(account: Account, day: date, stored: dict[str, tuple[int, str]]) -> int:
+    """The warmup day on ``day``: the stored one, with the days after it projected as
+    uninterrupted operation; without history, the projection from start_date."""
     from .calendar import is_sending_day
 
+    if account.email not in stored:
+        return projected_warmup_day(account, day)
+    if why_not_sending(account, day) is not None:
+        return 0
+    wday, through = stored[account.email]
+    d = date.fromisoformat(through) + timedelta(days=1)
     while d < day:
         if is_sending_day(account.schedule, d):
             wday += 1
         d += timedelta(days=1)
-    return int(wday)
-
-
-def warmup_day_for(cfg: Config, account: Account, day: date) -> int:
-    stored = asyncio.run(_stored_warmup_day(cfg, account, day))
-    if stored is not None:
-        return stored if why_not_sending(account, day) is None else 0
-    return projected_warmup_day(account, day)
+    return wday
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -89,11 +88,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {tz}: {len(accs)}")
     print()
     print(f"{'account':<34} {'tz':<22} {'today':>5} {'tmrw':>5}  next sending day")
+    stored = stored_states(cfg)
     for a in cfg.accounts:
         today = local_date(a.timezone, now)
         tmrw = today + timedelta(days=1)
-        t0 = day_target(a, warmup_day_for(cfg, a, today)) if why_not_sending(a, today) is None else 0
-        t1 = day_target(a, warmup_day_for(cfg, a, tmrw)) if why_not_sending(a, tmrw) is None else 0
+        t0 = day_target(a, warmup_day_for(a, today, stored)) if why_not_sending(a, today) is None else 0
+        t1 = day_target(a, warmup_day_for(a, tmrw, stored)) if why_not_sending(a, tmrw) is None else 0
         nxt = next_sending_day(a, today)
         print(f"{a.email:<34} {a.timezone:<22} {t0:>5} {t1:>5}  {nxt.isoformat() if nxt else 'none'}")
     return 0
@@ -116,7 +116,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         day = local_date(account.timezone, time.time())
     rng = random.Random(args.seed) if args.seed is not None else random.Random()
     reason = why_not_sending(account, day)
-    wday = warmup_day_for(cfg, account, day)
+    wday = warmup_day_for(account, day, stored_states(cfg))
     pool = Pool([a.email for a in cfg.accounts])
     sends = plan_day(account, day, wday, rng, pool) if reason is None else []
     if args.json:

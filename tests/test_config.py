@@ -527,3 +527,123 @@ def test_read_socket_path_with_a_daemon_key_that_is_not_a_table(tmp_path: Path) 
     p = write(tmp_path, "daemon = 3\n" + ACCOUNTS)
     one_with(problems(p), "daemon", "must be a table")
     assert read_socket_path(p, env={}) == (tmp_path / "var" / "warmupd.sock").resolve()
+
+
+# ---------------------------------------------------------------- settings shared between accounts
+#
+# Accounts with equal schedule or engagement settings share one frozen object, built
+# once per load. These check that sharing never hides a problem of a later account,
+# never names an earlier account's key path, and never mistakes two different values
+# for equal ones.
+
+
+def with_settings(email: str, settings: str) -> str:
+    """An account entry with extra settings lines (TOML, no indent)."""
+    return (f'[[accounts]]\nemail = "{email}"\nstart_date = 2026-01-05\n{settings}\n'
+            'smtp = { host = "mail.example.com", password_file = "alice.pw" }\n\n')
+
+
+def pool(tmp_path: Path, *settings: str, head: str = "") -> Path:
+    return write(tmp_path, head + "".join(with_settings(f"u{i}@example.com", s)
+                                          for i, s in enumerate(settings)))
+
+
+@pytest.mark.parametrize("order", ["good first", "bad first"])
+def test_equal_settings_but_one_bad_value_reported_for_each_account(tmp_path: Path,
+                                                                    order: str) -> None:
+    good = 'timezone = "Asia/Tokyo"\nmin_gap = "5m"'
+    bad = 'timezone = "Asia/Tokyo"\nmin_gap = "5x"'
+    settings = [good, bad, good, bad] if order == "good first" else [bad, good, bad, good]
+    probs = problems(pool(tmp_path, *settings))
+    bad_at = [i for i, s in enumerate(settings) if s == bad]
+    for i in bad_at:
+        one_with(probs, f"accounts[{i}].min_gap", "duration", "5x")
+    assert len(probs) == len(bad_at), probs
+
+
+def test_a_problem_that_still_builds_is_reported_for_each_account(tmp_path: Path) -> None:
+    """An unknown key inside a period, ramp or engagement table is a problem, yet the
+    object is built: an account repeating it must not take the first one's object."""
+    periods = 'periods = { all = { windows = ["09:00-17:00"], weight = 1.0 } }'
+    typo = 'periods = { all = { windows = ["09:00-17:00"], weight = 1.0, wieght = 1.0 } }'
+    probs = problems(pool(
+        tmp_path, periods, typo, typo,
+        "ramp = { start = 2 }", "ramp = { start = 2, stpe = 1 }", "ramp = { start = 2, stpe = 1 }",
+        "engagement = { reply_rate = 0.5 }", "engagement = { reply_rate = 0.5, replyrate = 1 }",
+        "engagement = { reply_rate = 0.5, replyrate = 1 }"))
+    for i in (1, 2):
+        one_with(probs, f"accounts[{i}].periods.all.wieght", "unknown key", "weight")
+    for i in (4, 5):
+        one_with(probs, f"accounts[{i}].ramp.stpe", "unknown key", "step")
+    for i in (7, 8):
+        one_with(probs, f"accounts[{i}].engagement.replyrate", "unknown key", "reply_rate")
+    assert len(probs) == 6, probs
+
+
+def test_equal_in_python_is_not_equal_settings(tmp_path: Path) -> None:
+    """true == 1 and 1 == 1.0 in Python; a TOML true is still no whole number, and a
+    table's key order (the periods' order) still counts."""
+    probs = problems(pool(tmp_path, "ramp = { start = 1 }", "ramp = { start = true }",
+                          "max_per_hour = 0", "max_per_hour = false",
+                          'holidays = "GB"', 'holidays = "ZZ"', 'holidays = "ZZ"'))
+    one_with(probs, "accounts[1].ramp.start", "whole number", "True")
+    one_with(probs, "accounts[3].max_per_hour", "whole number", "False")
+    one_with(probs, "accounts[5].holidays", "unknown holidays region", "ZZ")
+    one_with(probs, "accounts[6].holidays", "unknown holidays region", "ZZ")
+    assert len(probs) == 4, probs
+
+    ab = ('periods = { a = { windows = ["09:00-12:00"], weight = 0.5 }, '
+          'b = { windows = ["13:00-17:00"], weight = 0.5 } }')
+    ba = ('periods = { b = { windows = ["13:00-17:00"], weight = 0.5 }, '
+          'a = { windows = ["09:00-12:00"], weight = 0.5 } }')
+    zero, minus_zero = (ab.replace("0.5 }, ", "1.0 }, ").replace("0.5 } }", f"{w} }} }}")
+                        for w in ("0.0", "-0.0"))
+    cfg = load_config(pool(tmp_path, ab, ba, zero, minus_zero), env={})
+    s = [a.schedule for a in cfg.accounts]
+    assert [p.name for p in s[0].periods] == ["a", "b"]
+    assert [p.name for p in s[1].periods] == ["b", "a"]
+    assert str(s[2].periods[1].weight) == "0.0" and str(s[3].periods[1].weight) == "-0.0"
+
+
+def test_equal_settings_share_one_object(tmp_path: Path) -> None:
+    tokyo = 'timezone = "Asia/Tokyo"\nramp = { max = 30 }\nengagement = { reply_rate = 0.5 }'
+    cfg = load_config(pool(tmp_path, tokyo, "", tokyo, 'timezone = "Europe/Paris"', tokyo, ""),
+                      env={})
+    a = cfg.accounts
+    assert a[0].schedule is a[2].schedule is a[4].schedule
+    assert a[0].engagement is a[2].engagement is a[4].engagement
+    assert a[1].schedule is a[5].schedule and a[1].schedule.timezone == "UTC"
+    assert a[3].schedule.timezone == "Europe/Paris" and a[3].schedule.ramp.max == 40
+    assert a[0].schedule.timezone == "Asia/Tokyo" and a[0].schedule.ramp.max == 30
+    assert a[0].engagement.reply_rate == 0.5 and a[1].engagement.reply_rate == 0.3
+    # An account restating [defaults]' values gets an equal schedule.
+    same = pool(tmp_path, 'timezone = "UTC"', "", head='[defaults]\ntimezone = "UTC"\n')
+    b = load_config(same, env={}).accounts
+    assert b[0].schedule == b[1].schedule
+
+
+def test_many_zones_and_files_each_problem_named(tmp_path: Path) -> None:
+    """More zones than ZoneInfo's own cache keeps (8), over two included files; an
+    account in the second file repeating the first file's valid settings but for one
+    bad value is reported under its file and index."""
+    zones = ["America/New_York", "Europe/London", "Asia/Kolkata", "Australia/Sydney",
+             "America/Los_Angeles", "Europe/Berlin", "Asia/Tokyo", "America/Sao_Paulo",
+             "Africa/Johannesburg", "Asia/Singapore", "Europe/Madrid", "Pacific/Auckland"]
+
+    first = "".join(with_settings(f"a{i}@example.com", f'timezone = "{z}"\nmin_gap = "6m"')
+                    for i, z in enumerate(zones))
+    second = "".join(with_settings(f"b{i}@example.com", f'timezone = "{z}"\nmin_gap = "6m"')
+                     for i, z in enumerate(zones))
+    second += with_settings("bad1@example.com", f'timezone = "{zones[3]}"\nmin_gap = "six minutes"')
+    second += with_settings("bad2@example.com", f'timezone = "{zones[3]}x"\nmin_gap = "6m"')
+    include_dir(tmp_path, {"a.toml": first, "b.toml": second})
+    p = write(tmp_path, '[daemon]\ninclude = ["accounts.d/*.toml"]\n')
+    probs = problems(p)
+    one_with(probs, "accounts.d/b.toml: accounts[12].min_gap", "duration", "six minutes")
+    one_with(probs, "accounts.d/b.toml: accounts[13].timezone", "unknown timezone",
+             f'did you mean "{zones[3]}"')
+    assert len(probs) == 2, probs
+    include_dir(tmp_path, {"b.toml": second.rsplit("[[accounts]]", 2)[0]})
+    cfg = load_config(p, env={})
+    assert [a.timezone for a in cfg.accounts] == zones + zones
+    assert len({id(a.schedule) for a in cfg.accounts}) == len(zones)

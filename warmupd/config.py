@@ -13,12 +13,12 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .geometry import layout_spans, period_capacity, split_by_weight
@@ -229,6 +229,13 @@ def parse_duration(value: Any) -> float:
         if value == 0:
             return 0.0
         raise ValueError(f'must be a duration string like "30s", "4m", "1h" or "7d", got {value!r}')
+    return _duration_text(value)
+
+
+@lru_cache(maxsize=1024)
+def _duration_text(value: str) -> float:
+    """parse_duration of a string, kept per string: every account parses the same few
+    (a server's timeout defaults to "30s"). A string that raises is not kept."""
     if not _DURATION_RE.match(value):
         raise ValueError(f'must be a duration like "30s", "4m", "1h" or "7d", got {value!r}')
     return float(sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value)))
@@ -320,8 +327,11 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
 class _Collector:
     def __init__(self) -> None:
         self.problems: list[str] = []
+        # Every add(), also one the list already holds: _Memo tells a clean build by it.
+        self.reported = 0
 
     def add(self, path: str, msg: str) -> None:
+        self.reported += 1
         line = f"{path}: {msg}"
         if line not in self.problems:  # a [defaults] problem met again via another account
             self.problems.append(line)
@@ -332,6 +342,69 @@ class _Collector:
                 near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
                 hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys: {', '.join(sorted(allowed))}"
                 self.add(_join(path, key), f"unknown key{hint}")
+
+
+# ---------------------------------------------------------------- one build per distinct setting
+#
+# In a big pool most accounts inherit [defaults] or share a few settings (a timezone
+# among a dozen), so the same Schedule or Engagement would be validated and built
+# again for each one. A _Memo keeps, for one load, the frozen object built from given
+# raw values and hands that same object to every later account with equal values
+# (frozen dataclasses: sharing is safe, and saves memory). Only a build that reported
+# no problem at all is kept: raw values with a problem are validated again for every
+# account that has them, so each account's message names its own key path.
+
+_T = TypeVar("_T")
+
+
+def _freeze(value: Any) -> Hashable:
+    """A raw TOML value as a hashable key equal to another's only if the values are the
+    same: the type is part of it (1, 1.0 and true are equal in Python but not here),
+    floats and dates compare by repr (-0.0 and 0.0; one instant in two offsets), tables
+    keep their key order (the order periods are listed in)."""
+    if isinstance(value, dict):
+        return (dict, tuple((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_freeze(v) for v in value))
+    if isinstance(value, str | int):  # bool included: type(value) tells it apart
+        return (type(value), value)
+    return (type(value), repr(value))
+
+
+class _Memo(Generic[_T]):
+    """Objects built by one load, by the raw values they were built from."""
+
+    def __init__(self) -> None:
+        self._built: dict[Hashable, _T] = {}
+
+    def get(self, c: _Collector, raw: Any, build: Callable[[], _T | None]) -> _T | None:
+        """The object built earlier from values equal to ``raw``, else ``build()``'s,
+        kept for later if it reported no problem."""
+        key = _freeze(raw)
+        if key in self._built:
+            return self._built[key]
+        reported = c.reported
+        value = build()
+        if value is not None and c.reported == reported:
+            self._built[key] = value
+        return value
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    """ZoneInfo(name), kept alive: ZoneInfo's own strong cache holds only 8 zones, so a
+    pool over 12 zones read a zone file for every account. Unknown names raise (not kept)."""
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=256)
+def _holiday_region_problem(value: str) -> str | None:
+    """check_holiday_region's verdict per region: building a holiday calendar is slow."""
+    try:
+        check_holiday_region(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _join(path: str, key: str) -> str:
@@ -447,12 +520,16 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
         candidates.append(base / p)
     for cand in candidates:
         try:
-            text = cand.read_text(encoding="utf-8")
+            # read_text's text layer costs twice the bytes read at 100,000 files; this is
+            # what it returns (universal newlines: "\r\n" and "\r" read as "\n").
+            text = cand.read_bytes().decode("utf-8")
         except FileNotFoundError:
             continue
         except OSError as e:
             c.add(_join(path, key), f"cannot read password file {cand}: {e.strerror}; check its permissions")
             return None
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         secret = text.rstrip("\r\n")
         if not secret:
             c.add(_join(path, key), f"password file {cand} is empty")
@@ -600,6 +677,16 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | N
                       hold_junk_rate=rates["hold_junk_rate"])
 
 
+def _engagement_table(c: _Collector, raw: Any, path: str) -> Engagement | None:
+    """The merged engagement value (a table, if valid) -> Engagement."""
+    return _engagement(c, _table(c, raw, path), path)
+
+
+# The merged keys _schedule reads: equal values make an equal Schedule.
+_SCHEDULE_KEYS = ("timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap",
+                  "max_per_hour", "periods", "ramp")
+
+
 def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str, str]) -> Schedule | None:
     def p(key: str) -> str:
         return origin.get(key, path) + "." + key if origin.get(key) else _join(path, key)
@@ -610,7 +697,7 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
         c.add(p("timezone"), f"must be an IANA zone name like \"Europe/London\", got {tzname!r}")
     else:
         try:
-            ZoneInfo(tzname)
+            _zone(tzname)
             tz_ok = True
         except (ZoneInfoNotFoundError, ValueError):
             near = difflib.get_close_matches(tzname, _zone_names(), n=1, cutoff=0.6)
@@ -631,10 +718,9 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
         c.add(p("holidays"), 'must be a region string like "IN" or "US-NY", or ""')
         hol = ""
     elif hol:
-        try:
-            check_holiday_region(hol)
-        except ValueError as e:
-            c.add(p("holidays"), str(e))
+        hol_problem = _holiday_region_problem(hol)
+        if hol_problem is not None:
+            c.add(p("holidays"), hol_problem)
     jitter = _dur(c, merged.get("jitter"), p("jitter"))
     micro = _dur(c, merged.get("micro_jitter"), p("micro_jitter"))
     gap = _dur(c, merged.get("min_gap"), p("min_gap"))
@@ -843,6 +929,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     account_paths: list[str] = []
     schedule_cache: dict[str, Schedule | None] = {}
     engagement_cache: dict[str, Engagement | None] = {}
+    schedules: _Memo[Schedule] = _Memo()  # by the account's own _SCHEDULE_KEYS values
+    engagements: _Memo[Engagement] = _Memo()  # by the merged engagement table
     creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
     for i, (path_i, acc_raw) in enumerate(entries):
         if not isinstance(acc_raw, dict):
@@ -874,23 +962,25 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         else:
             c.add(f"{path_i}.start_date", f"must be a date YYYY-MM-DD, got {sd!r}")
         merged, origin = _merge(defaults, acc_raw)
-        sched_keys = ("timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap",
-                      "max_per_hour", "periods", "ramp")
-        overrides = any(k in acc_raw for k in sched_keys)
+        overrides = any(k in acc_raw for k in _SCHEDULE_KEYS)
         cache_key = "defaults" if not overrides else f"acc{i}"
         if cache_key in schedule_cache:
             sched = schedule_cache[cache_key]
         else:
             # Problems in [defaults] are reported once, under their own path.
-            sched = _schedule(c, merged, path_i if overrides else "defaults", origin if overrides else {})
+            # Keyed by the account's own schedule values only: the rest are [defaults]',
+            # the same for every account of this load.
+            own = {k: merged.get(k) for k in _SCHEDULE_KEYS if k in acc_raw}
+            sched = schedules.get(c, own, partial(
+                _schedule, c, merged, path_i if overrides else "defaults", origin if overrides else {}))
             schedule_cache[cache_key] = sched
         eng_origin = "defaults" if "engagement" not in acc_raw else path_i
         eng_key = f"eng{i}" if "engagement" in acc_raw else "eng-defaults"
         if eng_key in engagement_cache:
             eng = engagement_cache[eng_key]
         else:
-            eng = _engagement(c, _table(c, merged.get("engagement"), f"{eng_origin}.engagement"),
-                              f"{eng_origin}.engagement")
+            eng = engagements.get(c, merged.get("engagement"), partial(
+                _engagement_table, c, merged.get("engagement"), f"{eng_origin}.engagement"))
             engagement_cache[eng_key] = eng
         smtp = None
         if "smtp" in acc_raw:

@@ -647,3 +647,14 @@ def test_many_zones_and_files_each_problem_named(tmp_path: Path) -> None:
     cfg = load_config(p, env={})
     assert [a.timezone for a in cfg.accounts] == zones + zones
     assert len({id(a.schedule) for a in cfg.accounts}) == len(zones)
+
+
+def test_a_password_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_bytes(b"\xff\xfe\x00bad")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[accounts]]\nemail = "a@example.com"\nstart_date = "2026-01-01"\n'
+                   'smtp = { host = "127.0.0.1", port = 25, security = "none", password_file = "pw" }\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, env={})
+    assert any(p.startswith("accounts[0].smtp.password_file:") and "not UTF-8" in p for p in e.value.problems), \
+        e.value.problems

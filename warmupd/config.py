@@ -528,6 +528,9 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
         except OSError as e:
             c.add(_join(path, key), f"cannot read password file {cand}: {e.strerror}; check its permissions")
             return None
+        except UnicodeDecodeError:
+            c.add(_join(path, key), f"password file {cand} is not UTF-8 text; write the password as UTF-8")
+            return None
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         secret = text.rstrip("\r\n")

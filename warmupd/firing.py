@@ -257,8 +257,10 @@ class Firing:
         # The bound on concurrency covers the SMTP session only: the commits before
         # and after it need no connection slot.
         async with self._sem:
+            # Never later than the grace after the planned instant (or its retry time).
+            latest = max(row.at_ms, due_ms) / 1000 + self._config().daemon.grace
             result = await deliver(account.smtp, account.email, row.recipient, message, at=instant,
-                                   on_data_mark=data_mark, now=self.now)
+                                   on_data_mark=data_mark, now=self.now, latest=latest)
         if result.mail_from_at is not None:
             self.metrics.observe_lateness(max(0.0, result.mail_from_at - instant))
         if result.outcome is Outcome.SENT:
@@ -271,6 +273,8 @@ class Firing:
             # retry_at_ms stays: the row shows when its last retry was due.
             await self.transition(row, "sent", smtp_reply=result.reply, sent_at_ms=int(now * 1000),
                                   last_error=None)
+        elif result.outcome is Outcome.MISSED:
+            await self.transition(row, "skipped", reason=result.reply, attempts=row.attempts - 1)
         elif result.outcome is Outcome.UNCERTAIN:
             await self.transition(row, "uncertain", last_error=result.reply)
         elif result.outcome is Outcome.FAILED:

@@ -41,6 +41,7 @@ class Outcome(enum.Enum):
     RETRY = "retry"
     FAILED = "failed"
     UNCERTAIN = "uncertain"
+    MISSED = "missed"  # the session was ready only after the latest moment: nothing was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +119,10 @@ async def _sleep_until(at: float, now: Callable[[], float]) -> None:
 async def deliver(server: Server, sender: str, recipient: str, message: bytes, *, at: float,
                   on_data_mark: Callable[[], Awaitable[None]],
                   now: Callable[[], float] = time.time,
-                  tls_context: ssl.SSLContext | None = None) -> Result:
-    """One SMTP transaction; MAIL FROM at ``at``. Never raises for mail errors."""
+                  tls_context: ssl.SSLContext | None = None, latest: float | None = None) -> Result:
+    """One SMTP transaction; MAIL FROM at ``at``, and not after ``latest``: a session
+    that becomes ready only later (a slow server, the process stopped meanwhile) is
+    closed without sending (``Outcome.MISSED``). Never raises for mail errors."""
     client = aiosmtplib.SMTP(
         hostname=server.host, port=server.port, timeout=server.timeout,
         use_tls=server.security == "tls",
@@ -134,6 +137,10 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
             await client.login(server.username, server.password.reveal())
         await _sleep_until(at, now)
         mail_from_at = now()
+        if latest is not None and mail_from_at > latest:
+            client.close()
+            late = mail_from_at - at
+            return Result(Outcome.MISSED, f"missed: the session was ready {late:.1f} s after the send's moment")
         await client.mail(sender)
         await client.rcpt(recipient)
         # The DATA mark: from here on the server may end up with the message.

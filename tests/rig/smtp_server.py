@@ -35,14 +35,38 @@ mode       effect                                        stage (``at``)
            received *and recorded*, only the answer is
            late (a client that times out has an
            ambiguous delivery, as with a real server)
+"552"      reply 552 (storage/size limit exceeded)       mail|rcpt|data
+"reset"    abort the connection with a TCP RST           greeting|mail|
+           (SO_LINGER 0, then close): at "data" in the   rcpt|data
+           middle of the message, once ``after_bytes``
+           (default 100) of its content were read and
+           never its final dot
+"tarpit"   write every reply from this point of the      greeting|mail|
+           session on byte by byte, ``seconds``          rcpt|data
+           (default 1.0) of silence before each byte;
+           at "data" the message is recorded first (a
+           client that times out has an ambiguous
+           delivery)
+"tls_fail" abort the TLS handshake with a                tls (fixed)
+           handshake_failure alert (servers started
+           with ``tls=``; implicit TLS and STARTTLS)
 ========== ============================================= ===============
 
-The default stage is "mail" (MAIL FROM). ``count`` is how many times the fault
-fires before it clears itself (``None``: until ``reset()``). ``sender``
-restricts it to one MAIL FROM address (for "535": to one AUTH login); a
-sender-specific fault wins over a global one. Setting a fault replaces any
-earlier fault with the same ``sender``. A "data"-stage 421/451/550/drop
-rejects the message after its data was received: it is not recorded.
+The default stage is "mail" (MAIL FROM), "greeting" for "tarpit". The
+"greeting" stage acts when a client connects, instead of (or before) the 220
+greeting: a 421/451/550/552 reply is written in its place and the connection
+closed; "drop" and "reset" close it without a word; "stall" waits, then greets.
+``count`` is how many times the fault fires before it clears itself (``None``:
+until ``reset()``). ``sender`` restricts it to one MAIL FROM address (for
+"535": to one AUTH login); the "greeting" and "tls" stages come before any
+sender is known, so their faults take no ``sender``. A sender-specific fault
+wins over a global one. Setting a fault replaces any earlier fault with the
+same ``sender``. A "data"-stage 421/451/550/552/drop rejects the message after
+its data was received, a "data"-stage reset before it was all read: neither is
+recorded.
+
+TLS: ``SMTPServer(tls="starttls" | "implicit", certfile=..., keyfile=...)``
+offers STARTTLS, or speaks TLS from the first byte (the in-process form only).
 """
 
 from __future__ import annotations
@@ -55,6 +79,8 @@ import logging
 import os
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -66,7 +92,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
 
 __all__ = [
     "FAULT_MODES",
@@ -74,6 +100,7 @@ __all__ = [
     "FaultTable",
     "Recorder",
     "RigHandler",
+    "RigSMTP",
     "SMTPServer",
     "SMTPServerProcess",
     "ServerThread",
@@ -83,11 +110,28 @@ __all__ = [
     "remote_reset",
     "remote_set_fault",
     "remote_stats",
+    "reset_connection",
     "scan_headers",
+    "server_tls_context",
 ]
 
-FAULT_MODES = ("421", "451", "550", "535", "drop", "stall", "stall_before", "stall_after")
+FAULT_MODES = (
+    "421",
+    "451",
+    "550",
+    "535",
+    "drop",
+    "stall",
+    "stall_before",
+    "stall_after",
+    "552",
+    "reset",
+    "tarpit",
+    "tls_fail",
+)
 STAGES = ("mail", "rcpt", "data")
+GREETING_MODES = ("421", "451", "550", "552", "drop", "reset", "stall", "tarpit")
+DEFAULT_RESET_AFTER = 100  # bytes of the message a mid-DATA reset lets the server read
 RIG_HOSTNAME = "rig.warmup.test"  # never let aiosmtpd call socket.getfqdn() per connection
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +143,20 @@ class _DropRigNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not any(n in msg for n in self.NOISE)
+        if any(n in msg for n in self.NOISE):
+            return False
+        # A STARTTLS handshake that failed (the "tls_fail" fault, or a client that did not
+        # trust the certificate): aiosmtpd logs a whole traceback as a session exception.
+        # One line says as much.
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TLSSetupException):
+            cause = exc.__cause__
+            record.msg = f"%r STARTTLS handshake failed: {type(cause).__name__}: {cause}"
+            record.args = (record.args or ("?",))[:1]
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 logging.getLogger("mail.log").addFilter(_DropRigNoise())
@@ -110,22 +167,60 @@ logging.getLogger("mail.log").addFilter(_DropRigNoise())
 
 @dataclass
 class Fault:
-    mode: str  # one of "421", "451", "550", "535", "drop", "stall"
-    stage: str  # "auth", "mail", "rcpt" or "data"
+    mode: str  # one of "421", "451", "550", "552", "535", "drop", "reset", "stall", "tarpit", "tls_fail"
+    # "greeting", "tls", "auth", "mail", "rcpt", "data", or "data_content" (a reset
+    # set "at" data: it acts while the message is read, not after)
+    stage: str
     remaining: int | None  # None: until reset
     sender: str | None  # lower-cased MAIL FROM (or AUTH login for 535); None: everyone
-    seconds: float = 0.0  # for "stall"
+    seconds: float = 0.0  # for "stall"; for "tarpit" the silence before each byte
+    after_bytes: int = 0  # for a "data" reset: bytes of the message read before the RST
 
 
 def _normalise_fault(
-    mode: str, count: int | None, sender: str | None, seconds: float | None, at: str | None
+    mode: str,
+    count: int | None,
+    sender: str | None,
+    seconds: float | None,
+    at: str | None,
+    after_bytes: int | None = None,
 ) -> Fault:
     mode = str(mode)
     if mode not in FAULT_MODES:
         raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
     if count is not None and count < 1:
         raise ValueError("count must be >= 1 or None")
-    if mode == "535":
+    if after_bytes is not None and (mode != "reset" or at != "data"):
+        raise ValueError("after_bytes is for a reset at 'data' only")
+    if at in ("greeting", "tls") and sender:
+        raise ValueError(f"a fault at {at!r} comes before any sender is known: no sender")
+    if mode == "tls_fail":
+        if at not in (None, "tls"):
+            raise ValueError("tls_fail is at the TLS handshake ('tls') only")
+        if sender:
+            raise ValueError("tls_fail comes before any sender is known: no sender")
+        stage = "tls"
+    elif at == "greeting":
+        if mode not in GREETING_MODES:
+            raise ValueError(f"fault {mode} cannot act at the greeting; one of {GREETING_MODES}")
+        stage = "greeting"
+    elif mode == "tarpit":
+        stage = at or "greeting"
+        if stage not in ("greeting", *STAGES):
+            raise ValueError(f"unknown stage {stage!r}; expected greeting or one of {STAGES}")
+        if stage == "greeting" and sender:
+            raise ValueError("a tarpit from the greeting on takes no sender (use a later stage)")
+    elif mode == "reset":
+        stage = at or "mail"
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected greeting or one of {STAGES}")
+        if stage == "data":
+            stage = "data_content"
+            if after_bytes is None:
+                after_bytes = DEFAULT_RESET_AFTER
+            if after_bytes < 0:
+                raise ValueError("after_bytes must be >= 0")
+    elif mode == "535":
         if at not in (None, "auth"):
             raise ValueError("fault 535 applies to AUTH only")
         stage = "auth"
@@ -144,12 +239,17 @@ def _normalise_fault(
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     if mode == "stall" and (seconds is None or seconds < 0):
         raise ValueError("a stall fault needs seconds >= 0")
+    if mode == "tarpit":
+        seconds = 1.0 if seconds is None else seconds
+        if seconds < 0:
+            raise ValueError("a tarpit needs seconds >= 0 (the pause before each byte)")
     return Fault(
         mode=mode,
         stage=stage,
         remaining=count,
         sender=sender.lower() if sender else None,
         seconds=float(seconds or 0.0),
+        after_bytes=int(after_bytes or 0),
     )
 
 
@@ -160,6 +260,10 @@ class FaultTable:
         self._lock = threading.Lock()
         self._faults: dict[str | None, Fault] = {}
         self.fired = 0  # how many times any fault fired since the last reset
+        # (mode, stage) of every fault fired since the last reset, in order
+        self.history: list[tuple[str, str]] = []
+        # for every mid-DATA reset: how many bytes of the message the server had read
+        self.reset_after_bytes: list[int] = []
 
     def set(
         self,
@@ -168,8 +272,9 @@ class FaultTable:
         sender: str | None = None,
         seconds: float | None = None,
         at: str | None = None,
+        after_bytes: int | None = None,
     ) -> Fault:
-        fault = _normalise_fault(mode, count, sender, seconds, at)
+        fault = _normalise_fault(mode, count, sender, seconds, at, after_bytes)
         with self._lock:
             self._faults[fault.sender] = fault
         return fault
@@ -178,6 +283,8 @@ class FaultTable:
         with self._lock:
             self._faults.clear()
             self.fired = 0
+            self.history = []
+            self.reset_after_bytes = []
 
     def active(self) -> list[Fault]:
         with self._lock:
@@ -198,6 +305,7 @@ class FaultTable:
                     if fault.remaining <= 0:
                         del self._faults[k]
                 self.fired += 1
+                self.history.append((fault.mode, fault.stage))
                 return fault
         return None
 
@@ -351,6 +459,16 @@ class RigHandler:
             return "451 4.3.0 Temporary failure, try again later (rig fault)"
         if fault.mode == "550":
             return "550 5.7.1 Message rejected (rig fault)"
+        if fault.mode == "552":
+            return "552 5.3.4 Message size exceeds fixed maximum message size (rig fault)"
+        if fault.mode == "tarpit":
+            # Every reply from here on (this one included) trickles out (RigSMTP.push).
+            server.rig_tarpit = fault.seconds  # type: ignore[attr-defined]
+            return None
+        if fault.mode == "reset":
+            reset_connection(server)
+            await asyncio.sleep(3600)
+            return None  # pragma: no cover
         if fault.mode == "421":
             # A 421 ends the session: reply ourselves, then close.
             await server.push("421 4.3.2 Service shutting down, closing channel (rig fault)")
@@ -407,7 +525,7 @@ class RigHandler:
         data_at = time.time()
         raw = envelope.original_content or b""
         fault = self.faults.take("data", envelope.mail_from)
-        if fault is not None and fault.mode != "stall":
+        if fault is not None and fault.mode not in ("stall", "tarpit"):
             reply = await self._apply(server, fault)
             assert reply is not None
             return reply
@@ -415,7 +533,7 @@ class RigHandler:
         if error is not None:
             return error
         self._record(session, envelope, raw, data_at)
-        if fault is not None:  # stall after DATA: stored, but the answer comes late
+        if fault is not None:  # stall or tarpit after DATA: stored, but the answer comes late
             await self._apply(server, fault)
         return "250 2.0.0 OK: queued"
 
@@ -448,12 +566,102 @@ class RigHandler:
         )
 
 
-def make_smtp_factory(handler: RigHandler, *, timeout: float = 300.0) -> Any:
-    """A protocol factory for ``loop.create_server``: AUTH PLAIN/LOGIN without TLS."""
+def reset_connection(server: SMTP) -> None:
+    """Abort ``server``'s connection with a TCP RST: SO_LINGER 0, then close at once."""
+    # After STARTTLS the TCP transport is the original one, under the TLS layer.
+    transport = getattr(server, "_original_transport", None) or server.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    if transport is not server.transport and server.transport is not None:
+        server.transport.abort()
+
+
+class RigSMTP(SMTP):
+    """aiosmtpd's SMTP with the rig's session-level faults: at the greeting (a reply in
+    place of the 220, a drop, a reset, a stall, a tarpit), a tarpit (every reply written
+    byte by byte) and a TCP reset in the middle of DATA (``data_received`` counts the
+    message's bytes). The handler's faults at the other stages work with the plain class."""
+
+    def __init__(self, handler: RigHandler, *args: Any, **kwargs: Any) -> None:
+        super().__init__(handler, *args, **kwargs)
+        self.rig_faults = handler.faults
+        self.rig_tarpit: float | None = None  # seconds before each byte of every reply
+        self._rig_reset_after: int | None = None  # armed by a mid-DATA reset: bytes left
+        self._rig_read = 0  # bytes of the message fed to the DATA loop since it was armed
+
+    async def _handle_client(self) -> None:
+        fault = self.rig_faults.take("greeting", None)
+        if fault is not None:
+            handler: RigHandler = self.event_handler
+            reply = await handler._apply(self, fault)  # 421, drop, reset: never return
+            if reply is not None:  # 451/550/552 instead of the greeting, then close
+                await self.push(reply)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()
+
+    async def push(self, status: Any) -> None:
+        delay = self.rig_tarpit
+        if delay is None:
+            await super().push(status)
+            return
+        response = status.encode("utf-8") if isinstance(status, str) else bytes(status)
+        payload = response + b"\r\n"
+        for i in range(len(payload)):
+            await asyncio.sleep(delay)
+            if self.transport is None or self.transport.is_closing():
+                return  # the client gave up; connection_lost cancels the session
+            self._writer.write(payload[i : i + 1])
+            await self._writer.drain()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        envelope = self.envelope
+        if envelope is not None and envelope.rcpt_tos and not arg:
+            fault = self.rig_faults.take("data_content", envelope.mail_from)
+            if fault is not None:
+                self._rig_reset_after = fault.after_bytes
+                self._rig_read = 0
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._rig_reset_after = None
+
+    def data_received(self, data: bytes) -> None:
+        left = self._rig_reset_after
+        if left is None:
+            super().data_received(data)
+            return
+        # Never let the server see the final dot: cut before the end-of-data line.
+        end = (b"\r\n" + data).find(b"\r\n.\r\n")
+        cut = left if end < 0 else min(left, end)
+        if len(data) < cut:
+            self._rig_reset_after = left - len(data)
+            self._rig_read += len(data)
+            super().data_received(data)
+            return
+        self._rig_reset_after = None
+        if cut:
+            super().data_received(data[:cut])  # the DATA loop reads these lines first...
+        with self.rig_faults._lock:
+            self.rig_faults.reset_after_bytes.append(self._rig_read + cut)
+        self.loop.call_soon(reset_connection, self)  # ...then the connection is reset
+
+
+def make_smtp_factory(
+    handler: RigHandler, *, timeout: float = 300.0, tls_context: ssl.SSLContext | None = None
+) -> Any:
+    """A protocol factory for ``loop.create_server``: AUTH PLAIN/LOGIN without TLS
+    (with ``tls_context``: STARTTLS offered, not required)."""
     auth_required = bool(handler.users)
 
     def factory() -> SMTP:
-        smtp = SMTP(
+        smtp = RigSMTP(
             handler,
             hostname=RIG_HOSTNAME,
             ident="warmupd-test-rig",
@@ -462,6 +670,7 @@ def make_smtp_factory(handler: RigHandler, *, timeout: float = 300.0) -> Any:
             auth_required=False,
             auth_require_tls=False,  # loopback only
             timeout=timeout,
+            tls_context=tls_context,
         )
         # aiosmtpd warns (warnings.warn + log) on *every connection* built with
         # auth_required=True and auth_require_tls=False; a warnings filter does
@@ -481,10 +690,18 @@ class ServerThread:
     Unlike aiosmtpd's Controller this supports port 0 (the bound port is read back).
     """
 
-    def __init__(self, factory: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        factory: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._factory = factory
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # implicit TLS: every connection starts with a handshake
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -499,7 +716,13 @@ class ServerThread:
             asyncio.set_event_loop(loop)
             try:
                 server = loop.run_until_complete(
-                    loop.create_server(self._factory, self.host, self.port, reuse_address=True)
+                    loop.create_server(
+                        self._factory,
+                        self.host,
+                        self.port,
+                        reuse_address=True,
+                        ssl=self.ssl_context,
+                    )
                 )
             except BaseException as exc:  # noqa: BLE001 - handed back to start()
                 errors.append(exc)
@@ -536,11 +759,37 @@ class ServerThread:
         self._thread = None
 
 
+def server_tls_context(
+    certfile: str | os.PathLike[str],
+    keyfile: str | os.PathLike[str] | None,
+    faults: FaultTable,
+) -> ssl.SSLContext:
+    """A server context whose handshakes the "tls_fail" fault of ``faults`` aborts.
+
+    OpenSSL calls the server-name callback on every ClientHello (``name`` is None when
+    the client sent no SNI, as for an IP address); returning an alert ends the
+    handshake with it."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(certfile), str(keyfile) if keyfile is not None else None)
+
+    def on_client_hello(sslobj: Any, name: str | None, context: ssl.SSLContext) -> int | None:
+        if faults.take("tls", None) is not None:
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        return None
+
+    ctx.sni_callback = on_client_hello
+    return ctx
+
+
 class SMTPServer:
     """In-process SMTP server for tests.
 
     >>> srv = SMTPServer(users={"alice@warmup.test": "alice-pw"}).start()
     >>> srv.set_fault("451", count=2); ...; srv.wait_for(1); srv.stop()
+
+    ``tls="starttls"`` offers STARTTLS, ``tls="implicit"`` speaks TLS from the first
+    byte (port 465 style), both with ``certfile``/``keyfile`` (PEM; the certificate
+    file may hold the chain). The "tls_fail" fault aborts their handshakes.
     """
 
     def __init__(
@@ -552,6 +801,9 @@ class SMTPServer:
         record_path: str | os.PathLike[str] | None = None,
         fast: bool = False,
         handler: RigHandler | None = None,
+        tls: str | None = None,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
     ) -> None:
         self.recorder = Recorder(record_path)
         self.faults = FaultTable()
@@ -561,7 +813,21 @@ class SMTPServer:
             handler.faults, handler.recorder = self.faults, self.recorder
         self.handler = handler
         self.users = dict(handler.users)
-        self._thread = ServerThread(make_smtp_factory(handler), host, port)
+        self.tls = tls
+        context = None
+        if tls is not None:
+            if tls not in ("starttls", "implicit"):
+                raise ValueError(f"tls must be 'starttls' or 'implicit', got {tls!r}")
+            if certfile is None:
+                raise ValueError("a TLS server needs certfile (and keyfile)")
+            context = server_tls_context(certfile, keyfile, self.faults)
+        self.tls_context = context
+        self._thread = ServerThread(
+            make_smtp_factory(handler, tls_context=context if tls == "starttls" else None),
+            host,
+            port,
+            ssl_context=context if tls == "implicit" else None,
+        )
 
     @property
     def host(self) -> str:
@@ -604,8 +870,11 @@ class SMTPServer:
         sender: str | None = None,
         seconds: float | None = None,
         at: str | None = None,
+        after_bytes: int | None = None,
     ) -> Fault:
-        return self.faults.set(mode, count=count, sender=sender, seconds=seconds, at=at)
+        return self.faults.set(
+            mode, count=count, sender=sender, seconds=seconds, at=at, after_bytes=after_bytes
+        )
 
     def reset(self) -> None:
         """Clear all faults (recorded messages are kept; see clear())."""
@@ -642,10 +911,13 @@ def remote_set_fault(
     sender: str | None = None,
     seconds: float | None = None,
     at: str | None = None,
+    after_bytes: int | None = None,
 ) -> dict[str, Any]:
     cmd: dict[str, Any] = {"fault": mode, "count": count, "sender": sender, "seconds": seconds}
     if at is not None:
         cmd["at"] = at
+    if after_bytes is not None:
+        cmd["after_bytes"] = after_bytes
     return control(port, cmd)
 
 
@@ -672,6 +944,7 @@ async def _serve_control(
                         sender=cmd.get("sender"),
                         seconds=cmd.get("seconds"),
                         at=cmd.get("at"),
+                        after_bytes=cmd.get("after_bytes"),
                     )
                     reply: dict[str, Any] = {"ok": True}
                 elif cmd.get("reset"):
@@ -842,8 +1115,9 @@ class SMTPServerProcess:
         sender: str | None = None,
         seconds: float | None = None,
         at: str | None = None,
+        after_bytes: int | None = None,
     ) -> dict[str, Any]:
-        return remote_set_fault(self.control_port, mode, count, sender, seconds, at)
+        return remote_set_fault(self.control_port, mode, count, sender, seconds, at, after_bytes)
 
     def reset(self) -> dict[str, Any]:
         return remote_reset(self.control_port)

@@ -152,7 +152,8 @@ class _DropRigNoise(logging.Filter):
         if isinstance(exc, TLSSetupException):
             cause = exc.__cause__
             record.msg = f"%r STARTTLS handshake failed: {type(cause).__name__}: {cause}"
-            record.args = (record.args or ("?",))[:1]
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.args = (peer,)
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
@@ -569,7 +570,7 @@ class RigHandler:
 def reset_connection(server: SMTP) -> None:
     """Abort ``server``'s connection with a TCP RST: SO_LINGER 0, then close at once."""
     # After STARTTLS the TCP transport is the original one, under the TLS layer.
-    transport = getattr(server, "_original_transport", None) or server.transport
+    transport: Any = getattr(server, "_original_transport", None) or server.transport
     if transport is None:
         return
     sock = transport.get_extra_info("socket")
@@ -577,8 +578,9 @@ def reset_connection(server: SMTP) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-    if transport is not server.transport and server.transport is not None:
-        server.transport.abort()
+    app: Any = server.transport
+    if app is not None and app is not transport:
+        app.abort()
 
 
 class RigSMTP(SMTP):

@@ -102,6 +102,29 @@ def _cert_error(e: BaseException | None) -> ssl.SSLCertVerificationError | None:
     return None
 
 
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH / X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+def _cert_hint(server: Server, cert: ssl.SSLCertVerificationError) -> str:
+    """What the operator can do about a certificate that was not trusted."""
+    if cert.verify_code in _NAME_MISMATCH:
+        return "; the certificate is for another name: set host to a name it covers"
+    if server.ca_file is not None:
+        return f"; it is not signed by the CA in ca_file {server.ca_file}"
+    return "; for a private CA set ca_file in the smtp table"
+
+
+def _describe(e: BaseException) -> str:
+    """One line for a connection error, with its cause when aiosmtplib's own text is
+    empty or ends in a colon (a TLS handshake reset says nothing by itself)."""
+    text = " ".join(str(e).split())
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    cause = e.__cause__
+    if cause is not None and (not text or text.endswith(":")):
+        what += f" {_describe(cause)}"
+    return what
+
+
 def _reply_text(code: int | None, message: str) -> str:
     text = " ".join(str(message).split())
     return f"{code} {text}" if code else text
@@ -167,8 +190,8 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         if cert is not None:
             # Not a passing fault: every retry would fail alike until the operator acts.
             return Result(Outcome.FAILED, f"TLS certificate of {server.host}:{server.port} not trusted "
-                          f"({cert.verify_message}); for a private CA set ca_file in the smtp table")
-        what = _reply_text(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                          f"({cert.verify_message}){_cert_hint(server, cert)}")
+        what = _reply_text(None, _describe(e))
         if marked:
             return Result(Outcome.UNCERTAIN, f"after DATA: {what}", mail_from_at=mail_from_at)
         return Result(Outcome.RETRY, what, mail_from_at=mail_from_at)

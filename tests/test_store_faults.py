@@ -302,10 +302,15 @@ def test_a_large_damaged_database_is_checked_after_start_and_stops_the_daemon(tm
     then runs in the background and ends the daemon (exit 70) naming the damage."""
     cfg = write_config(tmp_path, 1)
     now = time.time()
-    seed_plan(tmp_path, {ALICE: [now + 3600 + i for i in range(20_000)]})
+    # Sent rows of ten days ago: no query of the start reads them (it goes through the
+    # partial indexes of pending rows and the plans of today), so the damage in the middle
+    # of the file is found by the full check only.
+    old = datetime.now(UTC).date() - timedelta(days=10)
+    seed_plan(tmp_path, {ALICE: [now - 10 * 86400 + i * 0.1 for i in range(20_000)]}, local_date=old,
+              statuses={ALICE: "sent"})
     db = db_path(tmp_path)
     data = bytearray(db.read_bytes())
-    middle = len(data) // 4096 // 2 * 4096  # a page in the middle: not one a start reads
+    middle = len(data) // 4096 // 2 * 4096
     data[middle + 100:middle + 612] = os.urandom(512)
     db.write_bytes(bytes(data))
     d = daemons(cfg, tmp_path, env={"WARMUPD_FULL_CHECK_MAX": "1"}, wait_ready=False)

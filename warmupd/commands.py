@@ -8,6 +8,7 @@ never holds up a send's row read nor queues behind a plan chunk.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import time
@@ -74,6 +75,9 @@ class Commands:
         self.d = daemon
         self._snapshot: tuple[float, dict[str, dict[str, int]]] | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._zones: tuple[float, dict[str, dict[str, int]]] | None = None
+        self._zones_task: asyncio.Task[None] | None = None
+        self._pairs_json: tuple[tuple[int, tuple[str, ...]], str] | None = None
 
     # ------------------------------------------------------------ helpers
 
@@ -127,13 +131,42 @@ class Commands:
         return (snap[1], snap[0]) if snap else (None, None)
 
     async def timezone_counts(self) -> tuple[dict[str, dict[str, int]], float | None]:
-        counts, as_of = await self.account_counts()
-        out: dict[str, dict[str, int]] = {}
-        for a in self.d.config.accounts:
-            tzc = out.setdefault(a.timezone, dict.fromkeys(STATUSES, 0))
-            for s, n in (counts or {}).get(a.email, {}).items():
-                tzc[s] = tzc.get(s, 0) + n
-        return out, as_of
+        """{timezone: {status: n}} of each account's today, and when it was counted
+        (None: for this answer). Large pools: a snapshot, as ``account_counts``."""
+        accounts = self.d.config.accounts
+        if len(accounts) <= LIVE_COUNTS_UP_TO:
+            counts, _ = await self.account_counts()
+            out: dict[str, dict[str, int]] = {}
+            for a in accounts:
+                tzc = out.setdefault(a.timezone, dict.fromkeys(STATUSES, 0))
+                for s, n in (counts or {}).get(a.email, {}).items():
+                    tzc[s] = tzc.get(s, 0) + n
+            return out, None
+        snap = self._zones
+        if (snap is None or time.time() - snap[0] > SNAPSHOT_MAX_AGE) and self._zones_task is None:
+            self._zones_task = asyncio.create_task(self._refresh_zones())
+        zeros = {tz: dict.fromkeys(STATUSES, 0) for tz in {a.timezone for a in accounts}}
+        if snap is None:
+            return zeros, None
+        for tz, c in snap[1].items():
+            zeros.setdefault(tz, dict.fromkeys(STATUSES, 0)).update(c)
+        return zeros, snap[0]
+
+    async def _refresh_zones(self) -> None:
+        try:
+            store, _, _ = self._parts()
+            todays = self._todays()
+            key = (id(self.d.config), tuple(sorted({d.isoformat() for d in todays.values()})))
+            if self._pairs_json is None or self._pairs_json[0] != key:
+                # Encoded once per config and day (a 100,000-account array is a few MB).
+                text = json.dumps([[a.email, a.timezone, todays[a.email].isoformat()]
+                                   for a in self.d.config.accounts])
+                self._pairs_json = (key, text)
+            self._zones = (time.time(), await store.zone_counts(self._pairs_json[1]))
+        except Exception as e:  # the store closing, or failing: the next status asks again
+            log.warning("counting the day for status failed", error=str(e))
+        finally:
+            self._zones_task = None
 
     # ------------------------------------------------------------ the commands
 

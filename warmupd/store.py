@@ -673,14 +673,18 @@ class Store:
         rows = [(st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
                  st.hold_until, st.hold_reason, stamp) for st in states]
 
+        text = _json(rows)
+
         def fn(con: sqlite3.Connection) -> None:
-            con.executemany(
+            # One statement over one JSON text (see flush): a whole zone's states at once.
+            con.execute(
                 "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
-                "hold_until, hold_reason, updated_ms) VALUES (?,?,?,?,?,?,?,?) "
+                "hold_until, hold_reason, updated_ms) SELECT " + ", ".join(_J.format(k) for k in range(8))
+                + " FROM json_each(?1) j WHERE true "
                 "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
                 "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
                 "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
-                "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", rows)
+                "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", (text,))
 
         await self.write(fn, "account states")
 
@@ -855,9 +859,7 @@ class Store:
         [from_ms, until_ms), and the horizon set to until_ms (retries aside: see
         ``retry_keys``)."""
         def fn(con: sqlite3.Connection) -> list[tuple[int, int, str]]:
-            rows = [(r[0], r[1], r[2]) for r in con.execute(
-                "SELECT at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NULL "
-                "AND at_ms >= ? AND at_ms < ?", (from_ms, until_ms))]
+            rows = _keys(con, from_ms, until_ms)
             self.horizon_ms = until_ms
             return rows
         return await self._on_writer(fn, "page")
@@ -869,9 +871,7 @@ class Store:
             lo = self.horizon_ms
             if lo is None or until_ms <= lo:
                 return []
-            rows = [(r[0], r[1], r[2]) for r in con.execute(
-                "SELECT at_ms, id, account FROM sends WHERE status='pending' AND retry_at_ms IS NULL "
-                "AND at_ms >= ? AND at_ms < ?", (lo, until_ms))]
+            rows = _keys(con, lo, until_ms)
             self.horizon_ms = until_ms
             return rows
         return await self._on_writer(fn, "page")
@@ -991,6 +991,23 @@ class Store:
 
         return await self.read(q, cold=cold)
 
+    async def zone_counts(self, accounts_json: str) -> dict[str, dict[str, int]]:
+        """{timezone: {status: n}} of each account's day, for a JSON array of
+        [email, timezone, local_date]: one grouped statement on the cold reader, whose
+        work is all inside SQLite (no row-by-row Python, so no GIL taken per row)."""
+        def q(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            text = con.execute(
+                "WITH c AS (SELECT " + _J.format(0) + " AS email, " + _J.format(1) + " AS tz, " + _J.format(2)
+                + " AS day FROM json_each(?1) j) SELECT json_group_array(json_array(tz, status, n)) FROM "
+                "(SELECT c.tz AS tz, s.status AS status, count(*) AS n FROM c JOIN plan_batches b ON "
+                "b.account = c.email AND b.local_date = c.day JOIN sends s ON s.id BETWEEN b.first_id AND "
+                "b.last_id GROUP BY c.tz, s.status)", (accounts_json,)).fetchone()[0]
+            for tz, status, n in json.loads(text):
+                out.setdefault(tz, {})[status] = int(n)
+            return out
+        return await self.read(q, cold=True)
+
     async def event_log(self, send_id: int) -> list[tuple[str | None, str, str | None]]:
         return await self.read(lambda con: [(r[0], r[1], r[2]) for r in con.execute(
             "SELECT from_status, to_status, detail FROM events WHERE send_id=? ORDER BY id", (send_id,))],
@@ -1023,16 +1040,18 @@ class Store:
             while self._batch:
                 batch, waiters = self._batch, self._waiters
                 self._batch, self._waiters = [], []
-                updates = [(tuple(getattr(r, c) for c in _MUTABLE) + (r.id, f), (r.updated_ms, r.id, r.account,
-                            f, r.status, d)) for r, f, d in batch]
+                # One JSON text and three statements, whatever the batch's size: the writer
+                # thread then needs the GIL only a few times per commit (a statement per row
+                # waited for the GIL each time while the loop's thread was busy planning).
+                rows = _json([[r.id, f, *(getattr(r, c) for c in _MUTABLE), r.account, d] for r, f, d in batch])
 
-                def fn(con: sqlite3.Connection, updates: list[Any] = updates) -> list[bool]:
-                    won = []
-                    for params, event in updates:
-                        ok = con.execute(_COND_UPDATE_SQL, params).rowcount == 1
-                        if ok:
-                            con.execute(_EVENT_SQL, event)
-                        won.append(ok)
+                def fn(con: sqlite3.Connection, rows: str = rows) -> set[int]:
+                    # Inside this one write transaction nothing else changes the rows: those
+                    # in the expected status now are exactly those the UPDATE changes.
+                    won = {int(i) for i in json.loads(con.execute(_WINNERS_SQL, (rows,)).fetchone()[0])}
+                    if won:
+                        con.execute(_BATCH_UPDATE_SQL, (rows,))
+                        con.execute(_BATCH_EVENTS_SQL, (rows, _json(sorted(won))))
                     faults.point("store.grouped_commit")
                     return won
 
@@ -1045,9 +1064,9 @@ class Store:
                     if not isinstance(e, Exception):
                         raise
                     continue
-                for w, ok in zip(waiters, won, strict=True):
+                for w, (r, _, _) in zip(waiters, batch, strict=True):
                     if not w.done():
-                        w.set_result(ok)
+                        w.set_result(r.id in won)
 
     async def skip_pending(self, account: str, reason: str, local_dates: Sequence[str]) -> list[int]:
         """Mark an account's pending sends of these dates skipped (pause, removal,
@@ -1070,12 +1089,17 @@ class Store:
 
     @staticmethod
     def _skip_sync(con: sqlite3.Connection, account: str, ids: Iterable[int], reason: str, stamp: int) -> list[int]:
-        done = []
-        for i in ids:
-            if con.execute("UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? "
-                           "WHERE id=? AND status='pending'", (reason, stamp, i)).rowcount:
-                done.append(i)
-                con.execute(_EVENT_SQL, (stamp, i, account, "pending", "skipped", reason))
+        """Skip those of ``ids`` still pending, with their events: three statements."""
+        wanted = _json(list(ids))
+        done: list[int] = sorted(json.loads(con.execute(
+            "SELECT json_group_array(id) FROM sends WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND status='pending'", (wanted,)).fetchone()[0]))
+        if done:
+            text = _json(done)
+            con.execute("UPDATE sends SET status='skipped', reason=?, retry_at_ms=NULL, updated_ms=? "
+                        "WHERE id IN (SELECT value FROM json_each(?))", (reason, stamp, text))
+            con.execute(_EVENT_SQL.partition(" VALUES")[0] + " SELECT ?, value, ?, 'pending', 'skipped', ? "
+                        "FROM json_each(?) ORDER BY value", (stamp, account, reason, text))
         return done
 
     async def recover(self, now_ms_: int, grace_ms: int, accounts: dict[str, str | None]) -> Recovery:
@@ -1397,6 +1421,16 @@ class Store:
         return await self.read(q)
 
 
+def _keys(con: sqlite3.Connection, lo: int, hi: int) -> list[tuple[int, int, str]]:
+    """(at_ms, id, account) of the planned pending sends due in [lo, hi), through the
+    ``sends_due`` index, fetched as one JSON row: a row at a time would take the GIL
+    back once per row on the writer thread, each time waiting for the loop's thread."""
+    text = con.execute(
+        "SELECT json_group_array(json_array(at_ms, id, account)) FROM sends WHERE status='pending' "
+        "AND retry_at_ms IS NULL AND at_ms >= ? AND at_ms < ?", (lo, hi)).fetchone()[0]
+    return [(int(a), int(i), str(e)) for a, i, e in json.loads(text)]
+
+
 class _Abandon(Exception):
     """Raised inside a transaction function to roll it back without an error."""
 
@@ -1422,7 +1456,18 @@ def _advice(kind: str | None) -> str:
     }.get(kind or "", "")
 
 
-_COND_UPDATE_SQL = _UPDATE_SQL + " AND status IS ?"
+# commit_send's grouped statements over one JSON array of
+# [id, expected status, *_MUTABLE, account, detail] rows.
+_J = "json_extract(j.value, '$[{}]')"
+_WINNERS_SQL = ("SELECT json_group_array(s.id) FROM json_each(?1) j JOIN sends s ON s.id = " + _J.format(0)
+                + " WHERE s.status IS " + _J.format(1))
+_BATCH_UPDATE_SQL = ("UPDATE sends SET " + ", ".join(f"{c} = j.{c}" for c in _MUTABLE)
+                     + " FROM (SELECT " + ", ".join(f"{_J.format(k)} AS {c}" for k, c in
+                                                    enumerate(("id", "expect", *_MUTABLE)))
+                     + " FROM json_each(?1) j) AS j WHERE sends.id = j.id AND sends.status IS j.expect")
+_BATCH_EVENTS_SQL = (_EVENT_SQL.partition(" VALUES")[0] + " SELECT " + ", ".join(
+    _J.format(k) for k in (2 + _MUTABLE.index("updated_ms"), 0, 2 + len(_MUTABLE), 1, 2, 3 + len(_MUTABLE)))
+    + " FROM json_each(?1) j WHERE " + _J.format(0) + " IN (SELECT value FROM json_each(?2))")
 
 
 @dataclass(slots=True)

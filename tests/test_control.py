@@ -296,6 +296,45 @@ async def test_argument_validation(server: ControlServer, handler: FakeHandler) 
     assert handler.calls == []  # nothing invalid reached the handler
 
 
+async def test_lone_surrogates_deep_json_and_huge_numbers_are_refused(
+    server: ControlServer, handler: FakeHandler
+) -> None:
+    """JSON can escape a lone surrogate that no UTF-8 store, log or reply holds, nest
+    deeper than the parser recurses, or carry a number longer than int() converts: each
+    is an error reply naming the problem, before the handler is called, and the
+    connection stays usable."""
+    p = server.path
+    lines = [
+        (b'{"cmd": "pause", "account": "a@example.com", "reason": "x\\ud800"}',
+         'pause: "reason" must be valid Unicode text: it holds a lone surrogate '
+         "(\\ud800 at character 1)"),
+        (b'{"cmd": "resume", "account": "\\udc00a@example.com"}',
+         'resume: "account" must be valid Unicode text: it holds a lone surrogate '
+         "(\\udc00 at character 0)"),
+        (b'{"cmd": "schedule", "account": "a@example.com", "date": "\\udfff"}',
+         'schedule: "date" must be valid Unicode text: it holds a lone surrogate '
+         "(\\udfff at character 0)"),
+        (b"[" * 3000, "bad JSON: nested too deeply"),
+        (b'{"cmd": ' + b"1" * 4000 + b"}", "bad JSON: a number of 4000 digits (at most 100)"),
+    ]
+    reader, writer = await asyncio.open_unix_connection(os.fspath(p))
+    try:
+        for line, error in lines:
+            writer.write(line + b"\n")
+            await writer.drain()
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            assert reply == {"ok": False, "error": error}
+        writer.write(b'{"cmd": "version"}\n')
+        assert json.loads(await asyncio.wait_for(reader.readline(), 5))["ok"] is True
+    finally:
+        writer.close()
+    assert handler.calls == [("version",)]
+    assert handler.paused == {"b@example.com": "bounce storm"}  # nothing half applied
+    # A surrogate in an error text (an unknown command's name) is escaped in the reply.
+    reply = await ask(p, b'{"cmd": "\\ud800"}\n')
+    assert reply["ok"] is False and "unknown command '\\ud800'" in reply["error"]
+
+
 async def test_control_error_is_sent_as_is(server: ControlServer) -> None:
     reply = await ask(server.path, {"cmd": "schedule", "account": "zz@example.com"})
     assert reply == {"ok": False, "error": "unknown account zz@example.com"}

@@ -102,8 +102,21 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _MUTATING = frozenset({"pause", "resume", "reload"})
 
 
-class _BadRequest(Exception):
-    pass
+class _BadRequest(ControlError):
+    """A request that is refused before any command runs (its text is the reply)."""
+
+
+# A request line is at most max_line (64 KiB) bytes; nothing the commands take comes near
+# these, and they keep json.loads from recursing (RecursionError) or converting a number
+# of thousands of digits (ValueError past sys.int_info.default_max_str_digits).
+_MAX_NUMBER_DIGITS = 100
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_NUMBER_DIGITS:
+        raise _BadRequest(f"bad JSON: a number of {len(text.lstrip('-'))} digits "
+                          f"(at most {_MAX_NUMBER_DIGITS})")
+    return int(text)
 
 
 def _json_default(o: Any) -> Any:
@@ -117,7 +130,12 @@ def _json_default(o: Any) -> Any:
 
 
 def _encode(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
+    text = json.dumps(obj, ensure_ascii=False, default=_json_default)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate somewhere in the reply: the escaped form is still valid JSON.
+        return (json.dumps(obj, ensure_ascii=True, default=_json_default) + "\n").encode("ascii")
 
 
 def _error(msg: str) -> bytes:
@@ -131,9 +149,11 @@ def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
     except UnicodeDecodeError:
         raise _BadRequest("request is not valid UTF-8") from None
     try:
-        req = json.loads(text)
+        req = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise _BadRequest(f"bad JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise _BadRequest("bad JSON: nested too deeply") from None
     if not isinstance(req, dict):
         raise _BadRequest(
             f'request must be a JSON object like {{"cmd": "status"}}, not a {_json_type(req)}'
@@ -154,11 +174,14 @@ def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
             raise _BadRequest(f'{cmd} needs "{name}"')
         if not isinstance(value, str) or not value.strip():
             raise _BadRequest(f'{cmd}: "{name}" must be a non-empty string')
+        _check_text(cmd, name, value)
         args[name] = value.strip()
     for name in optional:
         value = req.get(name)
         if value is not None and not isinstance(value, str):
             raise _BadRequest(f'{cmd}: "{name}" must be a string or null')
+        if value is not None:
+            _check_text(cmd, name, value)
         args[name] = value
     extra = sorted(set(req) - {"cmd", *required, *optional})
     if extra:
@@ -167,6 +190,19 @@ def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
             f"{cmd}: unknown argument(s) {', '.join(repr(x) for x in extra)} (allowed: {allowed})"
         )
     return cmd, args
+
+
+def _check_text(cmd: str, name: str, value: str) -> None:
+    """Refuse a string argument that is not Unicode text: JSON lets a request escape a
+    lone surrogate ("\\ud800"), which no UTF-8 store, log or reply can hold. Refused
+    here, before the command runs, so nothing is half applied."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _BadRequest(
+            f'{cmd}: "{name}" must be valid Unicode text: it holds a lone surrogate '
+            f"(\\u{ord(value[e.start]):04x} at character {e.start})"
+        ) from None
 
 
 def _json_type(v: Any) -> str:

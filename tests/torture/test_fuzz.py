@@ -82,7 +82,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ================================================================ known defects
 #
 # name -> what it is. Each has a strict-xfail reproduction below (test_known_defect_*);
-# ``_known_check_defect`` / ``_known_log_defect`` recognise their signatures.
+# ``_known_check_defect`` recognises their signatures. Fixed ones are removed, and their
+# reproductions became plain tests of the fixed behaviour.
 KNOWN_DEFECTS = {
     "nan-weight": "periods.*.weight = nan passes validation; check dies in split_by_weight "
                   "(ValueError: cannot convert float NaN to integer)",
@@ -104,14 +105,6 @@ KNOWN_DEFECTS = {
                      '"/dev/zero" is read until memory runs out',
     "db-folder": "state_dir whose warmupd.db is a folder: check dies in store.check_file "
                  "(IsADirectoryError out of path.open, only StoreError is caught)",
-    "json-depth": "a request of deeply nested JSON ([[[[...) raises RecursionError in "
-                  "control._parse: the client is dropped with a logged traceback",
-    "surrogate-reason": 'pause with a reason holding a lone surrogate (valid JSON "\\ud800") '
-                        "fails in the store with UnicodeEncodeError after the in-memory state "
-                        "was set: the account is paused in memory only, and every status and "
-                        "accounts answers internal error: UnicodeEncodeError until a resume",
-    "json-bigint": "a request with an integer of more than 4300 digits raises ValueError "
-                   "(int max_str_digits) in control._parse: dropped with a logged traceback",
 }
 
 
@@ -131,24 +124,6 @@ def _known_check_defect(exc: BaseException) -> str | None:
         if fn.endswith("warmupd.db"):
             return "db-folder"
     return None
-
-
-def _known_log_defect(event: dict[str, Any]) -> str | None:
-    """The KNOWN_DEFECTS name of an error-level daemon log event, else None."""
-    if event.get("event") != "control connection failed":
-        return None
-    text = json.dumps(event)
-    if "RecursionError" in text:
-        return "json-depth"
-    if "max_str_digits" in text or "Exceeds the limit" in text:
-        return "json-bigint"
-    return None
-
-
-def _known_surrogate_event(event: dict[str, Any]) -> bool:
-    """A command failing for a lone surrogate in a stored pause reason (known defect)."""
-    return (event.get("event") == "control command failed"
-            and "UnicodeEncodeError" in str(event.get("exception")))
 
 
 # ================================================================ TOML writing
@@ -396,6 +371,19 @@ def windows_good(draw: st.DrawFn, n: int) -> list[str]:
             for a, b in zip(cuts[::2], cuts[1::2], strict=True)]
 
 
+def wide_windows(draw: st.DrawFn, n: int) -> list[str]:
+    """``n`` disjoint windows of 3 h or more (the day cut in ``n`` <= 6 blocks, each shrunk
+    by up to 30 min at either end), shuffled: room for any good ramp.max at any good gap,
+    so that a config of good values is feasible."""
+    size = 24 * 60 // n
+    out = []
+    for i in range(n):
+        a = i * size + draw(st.integers(0, 30))
+        b = (i + 1) * size - draw(st.integers(0, 30))
+        out.append(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}")
+    return list(draw(st.permutations(out)))
+
+
 DEFAULT_PERIODS = {
     "peak": {"windows": ["09:00-11:00", "14:00-16:00"], "weight": 0.60},
     "normal": {"windows": ["11:00-12:00", "16:00-18:00"], "weight": 0.30},
@@ -413,7 +401,7 @@ def periods(draw: st.DrawFn, p_bad: int) -> Any:
     else:
         names = draw(st.lists(st.sampled_from(["peak", "normal", "low", "night", "x y", "é"]),
                               min_size=1, max_size=3, unique=True))
-        wins = windows_good(draw, len(names) * 2)
+        wins = windows_good(draw, len(names) * 2) if p_bad else wide_windows(draw, len(names) * 2)
         weights = [draw(st.integers(1, 10)) for _ in names]
         out = {nm: {"windows": wins[2 * i:2 * i + 2], "weight": w / sum(weights)}
                for i, (nm, w) in enumerate(zip(names, weights, strict=True))}
@@ -1135,7 +1123,7 @@ def test_known_defect_state_db_is_a_folder(odd: Odd, fuzz_env: None) -> None:
     _strict_check(odd, "defect-dbdir.toml", _with(patch))
 
 
-# ---------------------------------------------------------------- known socket defects
+# ---------------------------------------------------------------- socket defects, fixed
 
 
 class _StubHandler:
@@ -1150,8 +1138,9 @@ class _StubHandler:
         return cmd
 
 
-async def _one_reply(line: bytes) -> bytes:
-    """Serve a ControlServer with the stub on a fresh socket; send ``line``; its reply."""
+async def _replies(lines: Sequence[bytes]) -> list[bytes]:
+    """Serve a ControlServer with the stub on a fresh socket; send ``lines`` on one
+    connection; one reply line each (the connection stays usable after an error)."""
     import asyncio
     import tempfile
 
@@ -1159,29 +1148,50 @@ async def _one_reply(line: bytes) -> bytes:
     try:
         async with ControlServer(folder / "c.sock", _StubHandler()):  # type: ignore[arg-type]
             reader, writer = await asyncio.open_unix_connection(str(folder / "c.sock"))
-            writer.write(line)
-            await writer.drain()
-            reply = await asyncio.wait_for(reader.readline(), 10)
+            replies = []
+            for line in lines:
+                writer.write(line)
+                await writer.drain()
+                replies.append(await asyncio.wait_for(reader.readline(), 10))
             writer.close()
-            return reply
+            return replies
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=KNOWN_DEFECTS["json-depth"])
-async def test_known_defect_deep_json_request_gets_no_answer() -> None:
-    reply = await _one_reply(b"[" * 50000 + b"\n")
-    assert json.loads(reply)["ok"] is False
+@pytest.mark.parametrize("line", [
+    b"[" * 50000, b'{"a": [' * 8000, b'{"cmd": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+    b'{"a":' * 10000 + b"1" + b"}" * 10000], ids=["arrays", "mixed", "closed", "objects"])
+async def test_deep_json_request_gets_an_error_reply(line: bytes) -> None:
+    """Formerly KNOWN_DEFECTS "json-depth": RecursionError in control._parse, the client
+    dropped with a logged traceback."""
+    reply, after = await _replies([line + b"\n", b'{"cmd": "version"}\n'])
+    assert json.loads(reply) == {"ok": False, "error": "bad JSON: nested too deeply"}
+    assert json.loads(after) == {"ok": True, "result": {}}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=KNOWN_DEFECTS["json-bigint"])
-async def test_known_defect_huge_integer_request_gets_no_answer() -> None:
-    reply = await _one_reply(b'{"cmd": ' + b"9" * 5000 + b"}\n")
-    assert json.loads(reply)["ok"] is False
+@pytest.mark.parametrize("digits", [101, 4301, 5000, 60000])
+async def test_huge_integer_request_gets_an_error_reply(digits: int) -> None:
+    """Formerly KNOWN_DEFECTS "json-bigint": ValueError (int max_str_digits) in
+    control._parse, the client dropped with a logged traceback."""
+    big = b"9" * digits
+    reply, neg, after = await _replies([b'{"cmd": ' + big + b"}\n",
+                                        b'{"cmd": "status", "x": [-' + big + b"]}\n",
+                                        b'{"cmd": "version"}\n'])
+    for r in (reply, neg):
+        assert json.loads(r) == {
+            "ok": False, "error": f"bad JSON: a number of {digits} digits (at most 100)"}
+    assert json.loads(after) == {"ok": True, "result": {}}
+    ok, = await _replies([b'{"cmd": ' + b"9" * 100 + b"}\n"])  # a long but fine number
+    assert json.loads(ok) == {"ok": False, "error": '"cmd" must be a string (one of: '
+                                                    + ", ".join(COMMANDS) + ")"}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_DEFECTS["surrogate-reason"])
-def test_known_defect_pause_reason_with_a_lone_surrogate(tmp_path: Path) -> None:
+def test_pause_reason_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    """Formerly KNOWN_DEFECTS "surrogate-reason": the pause failed in the store with
+    UnicodeEncodeError after the in-memory state was set. Now refused before anything
+    changes, naming the field; status and accounts answer, nothing is paused, nothing
+    is logged as an error."""
     cfg = write_config(tmp_path, 9)  # nothing is sent: the port is never used
     sock = load_config(cfg, env={}).daemon.socket
     d = DaemonProc(cfg, tmp_path, split_stderr=True)
@@ -1189,11 +1199,20 @@ def test_known_defect_pause_reason_with_a_lone_surrogate(tmp_path: Path) -> None
         d.start()
         pause = json.loads(raw_request(
             sock, b'{"cmd": "pause", "account": "carol@warmup.test", "reason": "\\ud800"}\n'))
+        account = json.loads(raw_request(sock, b'{"cmd": "pause", "account": "\\udfffcarol"}\n'))
         status = json.loads(raw_request(sock, b'{"cmd": "status"}\n'))
+        accounts = json.loads(raw_request(sock, b'{"cmd": "accounts"}\n'))
+        d.stop()
+        errors = d.errors(run=1)
     finally:
         d.close()
-    assert pause["ok"] is False and "internal error" not in pause["error"], pause
-    assert status["ok"] is True, status
+    assert pause == {"ok": False, "error": 'pause: "reason" must be valid Unicode text: it '
+                                           "holds a lone surrogate (\\ud800 at character 0)"}
+    assert account["ok"] is False and '"account"' in account["error"], account
+    assert status["ok"] is True and status["result"]["accounts"]["paused"] == 0, status
+    assert accounts["ok"] is True, accounts
+    assert all(a["paused"] is None for a in accounts["result"]), accounts
+    assert not errors, errors
 
 
 # ================================================================ the control socket
@@ -1296,10 +1315,13 @@ class RequestGen:
         if r.random() < 0.3:
             acc = r.choice([VICTIM, f" {VICTIM} ", f"\t{VICTIM}\n"])
             req: dict[str, Any] = {"cmd": cmd, "account": acc}
+            reason = None
             if cmd == "pause" and r.random() < 0.7:
-                req["reason"] = r.choice([None, "fuzz", self.odd_str(), "x" * 10000])
-            # A reason with a lone surrogate cannot be stored or encoded: "any".
-            return Req(self.j(req), "any", "pause_victim")
+                reason = req["reason"] = r.choice([None, "fuzz", self.odd_str(), "x" * 10000])
+            # A reason with a lone surrogate is refused (in a \udXXX escape, or as invalid
+            # UTF-8); else pausing a paused account or resuming an active one may be either.
+            surrogate = reason is not None and any(0xD800 <= ord(ch) <= 0xDFFF for ch in reason)
+            return Req(self.j(req), "error" if surrogate else "any", "pause_victim")
         req = {"cmd": cmd, "account": self._bad_account()}
         if cmd == "pause" and r.random() < 0.5:
             req["reason"] = self.odd_str()
@@ -1375,11 +1397,11 @@ class RequestGen:
         n = r.choice([100, 1000, 20000, 60000])
         line = r.choice([b"[" * n, b'{"cmd": ' + b"[" * n + b"]" * n + b"}",
                          b'{"a":' * (n // 6) + b"1" + b"}" * (n // 6)])
-        return Req(line[: MAX_LINE - 2], "any", "deep")  # answered, or dropped (json-depth)
+        return Req(line[: MAX_LINE - 2], "error", "deep")
 
     def _bigint(self) -> Req:
         n = self.r.choice([100, 4300, 4301, 10000])
-        return Req(b'{"cmd": ' + b"9" * n + b"}", "any", "bigint")  # json-bigint
+        return Req(b'{"cmd": ' + b"9" * n + b"}", "error", "bigint")
 
     def _dup_keys(self) -> Req:
         return Req(self.r.choice([b'{"cmd": "status", "cmd": "frob"}',
@@ -1436,7 +1458,6 @@ class Tally:
     too_long: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     drop_kinds: Counter[str] = field(default_factory=Counter)
-    known: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
     def fail(self, msg: str) -> None:
@@ -1493,11 +1514,6 @@ def _check_reply(raw: bytes, req: Req | None, tally: Tally) -> dict[str, Any] | 
         tally.fail(f"reply of the wrong shape: {raw[:300]!r}")
         return None
     tally.add(replies=1, results=int(reply["ok"]), errors=int(not reply["ok"]))
-    if (req is not None and req.expect == "ok" and reply["ok"] is False
-            and reply["error"] == "internal error: UnicodeEncodeError"):
-        with tally.lock:
-            tally.known["surrogate-reason"] += 1  # status after such a pause; see KNOWN_DEFECTS
-        return reply
     if req is not None and not (req.expect == "any"
                                 or (req.expect == "ok") == reply["ok"]
                                 or "too many control connections" in str(reply.get("error"))):
@@ -1826,8 +1842,6 @@ def test_control_socket_fuzz_while_firing(tmp_path: Path, long_form: bool) -> No
                                                   if r["id"] in {s.id for s in seeded}),
                       timeout=30, what="every seeded send to be final")
             assert d.running(), d.tail()
-            # The victim may be paused with a reason status cannot encode (surrogate-reason).
-            json.loads(raw_request(sock, _j({"cmd": "resume", "account": VICTIM}) + b"\n"))
             status = json.loads(raw_request(sock, b'{"cmd": "status"}\n'))
             assert status["ok"] is True, status
             version = json.loads(raw_request(sock, b'{"cmd": "version"}\n'))
@@ -1850,22 +1864,15 @@ def test_control_socket_fuzz_while_firing(tmp_path: Path, long_form: bool) -> No
     not_sent = [rows_by_id[s.id] for s in seeded if rows_by_id[s.id]["status"] != "sent"]
     not_once = [(s.message_id, by_mid[s.message_id]) for s in seeded if by_mid[s.message_id] != 1]
 
-    known: Counter[str] = Counter()
-    unexpected = []
-    for e in d.errors(run=1):
-        name = "surrogate-reason" if _known_surrogate_event(e) else _known_log_defect(e)
-        if name is None:
-            unexpected.append(e)
-        else:
-            known[name] += 1
+    unexpected = d.errors(run=1)  # no error-level event is expected at all
     held_n = sum(1 for _ in held.closed)
     print(f"\n[fuzz] control socket, {seconds:.0f} s, seed {seed}, {workers} workers: "
           f"{tally.clients:,} clients ({held_n} held idle/half, {floods} flood(s) of "
           f"{MAX_CLIENTS + 16}), {tally.messages:,} request lines, {tally.bytes:,} bytes; "
           f"replies {tally.replies:,} (results {tally.results:,}, errors {tally.errors:,}); "
           f"refused {tally.refused}, dropped idle {tally.idle_dropped}, too long "
-          f"{tally.too_long}, other drops {tally.drops} {dict(tally.drop_kinds)}; known defects "
-          f"in the log: {dict(known) or 'none'}, in replies: {dict(tally.known) or 'none'}")
+          f"{tally.too_long}, other drops {tally.drops} {dict(tally.drop_kinds)}; errors in the "
+          f"log: {len(unexpected)}")
     print(f"[fuzz] sends: {len(seeded)} seeded, {len(seeded) - len(not_sent)} sent, "
           f"{len(not_once)} not received exactly once; MAIL FROM lateness p50 "
           f"{lat.pct(0.5) * 1000:.1f} ms, p99 {lat.pct(0.99) * 1000:.1f} ms, max "
@@ -1874,8 +1881,8 @@ def test_control_socket_fuzz_while_firing(tmp_path: Path, long_form: bool) -> No
     print(f"[fuzz] request kinds: {dict(sorted(tally.kinds.items()))}")
     assert not not_sent and not not_once, (not_sent[:5], not_once[:5])
     assert not tally.failures, "\n".join(tally.failures)
-    # Only the known defects' requests and the client that never reads are dropped.
-    assert set(tally.drop_kinds) <= {"deep", "bigint", "slow_reader"}, tally.drop_kinds
+    # Only the client that never reads is dropped: every other line gets its reply.
+    assert set(tally.drop_kinds) <= {"slow_reader"}, tally.drop_kinds
     assert not unexpected, unexpected[:5]
     assert max(late) < LATE_MAX and min(late) > -0.001, sorted(late)[-5:]
     assert tally.messages >= (5000 if long_form else 300), tally.messages

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench clean
+.PHONY: run test torture lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP)
 	$(BIN)/mypy --strict warmupd
 	@set +e; $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): nothing to fail"; exit 0; fi; exit $$rc
+
+# The torture suite's long forms (many kills, fuzz examples and faults): the figures in
+# the README. The quick forms run in `make test`.
+torture: $(STAMP)
+	bash tests/rig/ensure_packages.sh
+	$(BIN)/python -m pytest -q -s tests/torture --long
 
 lint: $(STAMP)
 	$(BIN)/ruff check warmupd tests bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from datetime import date
 from pathlib import Path
@@ -190,11 +191,17 @@ def test_missing_password_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_password_file(tmp_path: Path) -> None:
-    # chmod 000 does not stop root, so make the path a directory: reading it fails.
+    # A folder is refused before it is opened (not a regular file).
     (tmp_path / "pwdir").mkdir()
     p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n', 'password_file = "pwdir" }\n\n'))
-    msg = one_with(problems(p), "accounts[0].smtp.password_file", "cannot read")
+    msg = one_with(problems(p), "accounts[0].smtp.password_file", "is a folder, not a regular file")
     assert "pwdir" in msg
+    if os.geteuid() != 0:  # chmod 000 does not stop root
+        (tmp_path / "locked.pw").write_text("x\n")
+        (tmp_path / "locked.pw").chmod(0)
+        p = write(tmp_path, ACCOUNTS.replace('password_file = "alice.pw" }\n\n',
+                                             'password_file = "locked.pw" }\n\n'))
+        one_with(problems(p), "accounts[0].smtp.password_file", "cannot read", "locked.pw")
 
 
 def test_empty_password_file(tmp_path: Path) -> None:
@@ -658,3 +665,94 @@ def test_a_password_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Pat
         load_config(cfg, env={})
     assert any(p.startswith("accounts[0].smtp.password_file:") and "not UTF-8" in p for p in e.value.problems), \
         e.value.problems
+
+
+# ---------------------------------------------------------------- odd input (found by tests/torture/test_fuzz.py)
+
+
+def test_nan_is_out_of_every_range(tmp_path: Path) -> None:
+    p = write(tmp_path, '[defaults]\nperiods = { all = { windows = ["09:00-17:00"], weight = nan } }\n'
+                        'engagement = { hold_junk_rate = nan }\n' + ACCOUNTS)
+    probs = problems(p)
+    one_with(probs, "defaults.periods.all.weight", "must be 0-1", "nan")
+    one_with(probs, "defaults.engagement.hold_junk_rate", "must be 0-1", "nan")
+    assert len(probs) == 2, probs
+
+
+def test_start_date_with_a_time_of_day_is_a_problem(tmp_path: Path) -> None:
+    p = write(tmp_path, ACCOUNTS.replace("start_date = 2026-01-05", "start_date = 2026-01-05T09:30:00", 1))
+    assert problems(p) == ["accounts[0].start_date: must be a date YYYY-MM-DD without a time of day "
+                           "(write 2026-01-05), got 2026-01-05T09:30:00"]
+
+
+@pytest.mark.parametrize("zone", ["America", "Etc", "x" * 300])
+def test_a_zone_folder_or_too_long_a_name_is_an_unknown_timezone(tmp_path: Path, zone: str) -> None:
+    p = write(tmp_path, f'[defaults]\ntimezone = "{zone}"\n' + ACCOUNTS)
+    one_with(problems(p), "defaults.timezone", "unknown timezone")
+
+
+def test_nul_in_paths_is_a_problem(tmp_path: Path) -> None:
+    p = write(tmp_path, '[daemon]\nstate_dir = "v\\u0000ar"\nsocket = "s\\u0000"\n'
+                        'include = ["a\\u0000/*.toml"]\n[defaults]\ntemplates = "t\\u0000"\n'
+                        + ACCOUNTS.replace('"alice.pw" }', '"pw\\u0000", ca_file = "c\\u0000" }', 1))
+    probs = problems(p)
+    for at in ("daemon.state_dir", "daemon.socket", "daemon.include[0]", "defaults.templates",
+               "accounts[0].smtp.password_file", "accounts[0].smtp.ca_file"):
+        one_with(probs, at, "without a NUL character")
+    assert len(probs) == 6, probs  # defaults.templates once, not once per account
+
+
+def test_password_file_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.pw")  # opening it would wait for a writer for ever
+    (tmp_path / "big.pw").write_bytes(b"x" * (64 * 1024 + 1))
+    (tmp_path / "max.pw").write_bytes(b"y" * (64 * 1024 - 1) + b"\n")
+    p = write(tmp_path, ACCOUNTS.replace('"alice.pw" }', '"fifo.pw" }', 1)
+              + ACCOUNTS.replace("alice@", "carol@").replace("bob@", "dave@")
+              .replace('"alice.pw" }', '"big.pw" }', 1).replace('"alice.pw" }', '"/dev/zero" }'))
+    probs = problems(p)
+    one_with(probs, "accounts[0].smtp.password_file", "is a FIFO (named pipe), not a regular file")
+    one_with(probs, "accounts[2].smtp.password_file", "65,537 bytes, more than 64 KiB")
+    one_with(probs, "accounts[3].smtp.password_file", "/dev/zero is a character device")
+    assert len(probs) == 3, probs
+    p = write(tmp_path, ACCOUNTS.replace('"alice.pw" }', '"max.pw" }', 1))
+    assert load_config(p, env={}).accounts[0].smtp.password == Secret("y" * (64 * 1024 - 1))
+
+
+def test_ca_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "ca.fifo")
+    (tmp_path / "ca.d").mkdir()
+    p = write(tmp_path, ACCOUNTS.replace('"alice.pw" }', '"alice.pw", ca_file = "ca.fifo" }', 1)
+              .replace('"alice.pw" }', '"alice.pw", ca_file = "ca.d" }', 1))
+    probs = problems(p)
+    one_with(probs, "accounts[0].smtp.ca_file", "cannot load CA bundle", "is a FIFO")
+    one_with(probs, "accounts[1].smtp.ca_file", "cannot load CA bundle", "is a folder")
+
+
+def test_keys_that_are_not_bare_are_printed_quoted_and_escaped(tmp_path: Path) -> None:
+    p = write(tmp_path, '"" = 1\n[defaults]\n"tab\\there" = 1\n"a.b" = 2\n'
+                        '[defaults.periods."x y"]\nwindows = ["09:00-12:00"]\nweight = 0.5\n'
+                        '[defaults.periods."\\u001b"]\nwindows = ["11:00-17:00"]\nweight = 0.5\n'
+                        + ACCOUNTS)
+    probs = problems(p)
+    one_with(probs, '""', "unknown key")
+    one_with(probs, 'defaults."tab\\u0009here"', "unknown key")
+    one_with(probs, 'defaults."a.b"', "unknown key")
+    one_with(probs, "defaults.periods", 'window 11:00-17:00 of "\\u001B" overlaps window '
+                                        '09:00-12:00 of "x y"')
+    assert not any(ch in "".join(probs) for ch in "\t\x1b\n"), probs
+
+
+def test_defaults_tables_are_checked_once_where_they_are(tmp_path: Path) -> None:
+    """An account overriding a part of ramp/engagement merges the rest from [defaults]:
+    [defaults]' unknown keys and bad values are reported there, once."""
+    p = pool(tmp_path, "ramp = { start = 1 }\nengagement = { reply_rate = 0.1 }",
+             "ramp = { step = 1 }\nengagement = { reply_rate = 0.2 }", "",
+             head="[defaults]\nramp = { max = -1, mxa = 3 }\nengagement = { delay = \"1h\", rplyrate = 1 }\n"
+                  "tag = 5\n")
+    probs = problems(p)
+    one_with(probs, "defaults.ramp.mxa", "unknown key", "max")
+    one_with(probs, "defaults.ramp.max", "at least 1")
+    one_with(probs, "defaults.engagement.rplyrate", "unknown key", "reply_rate")
+    one_with(probs, "defaults.engagement.delay", "range of durations")
+    one_with(probs, "defaults.tag", "must be a string")
+    assert len(probs) == 5, probs

@@ -7,15 +7,18 @@ e.g. ``accounts[2].smtp.port: must be 1-65535, got 70000``, so that
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
+import math
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -34,6 +37,11 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _WINDOW_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# A password file holds one password; anything larger is not one (and is not read whole).
+PASSWORD_FILE_MAX = 64 * 1024
+# A CA bundle of every public root is about 200 KiB.
+CA_FILE_MAX = 16 * 1024 * 1024
 
 
 class Secret:
@@ -341,7 +349,7 @@ class _Collector:
             if key not in allowed:
                 near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
                 hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys: {', '.join(sorted(allowed))}"
-                self.add(_join(path, key), f"unknown key{hint}")
+                self.add(_join(path, _key(key)), f"unknown key{hint}")
 
 
 # ---------------------------------------------------------------- one build per distinct setting
@@ -411,6 +419,31 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _key(key: str) -> str:
+    """A key of the file as it is written in a key path: bare where TOML allows it, else
+    a quoted TOML key with quotes, backslashes and every non-printable character escaped,
+    so that a problem stays one line of plain text and an empty key still shows ("")."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    return '"' + "".join(_escape_char(ch) for ch in key) + '"'
+
+
+def _escape_char(ch: str) -> str:
+    if ch in '"\\':
+        return "\\" + ch
+    if ch.isprintable():
+        return ch
+    o = ord(ch)
+    return f"\\u{o:04X}" if o <= 0xFFFF else f"\\U{o:08X}"
+
+
+def _show(text: object) -> str:
+    """A name from the file (or a path built from one) inside a message: as it is when
+    printable, else quoted and escaped like a key, so that the message stays one line."""
+    s = str(text)
+    return s if s.isprintable() else '"' + "".join(_escape_char(ch) for ch in s) + '"'
+
+
 def _table(c: _Collector, raw: Any, path: str) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -426,7 +459,8 @@ def _num(c: _Collector, value: Any, path: str, *, lo: float | None = None, hi: f
     if isinstance(value, bool) or not isinstance(value, ok_types):
         c.add(path, f"must be {'a whole number' if integer else 'a number'}{what}, got {value!r}")
         return None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if (isinstance(value, float) and math.isnan(value)) or (lo is not None and value < lo) \
+            or (hi is not None and value > hi):
         if lo is not None and hi is not None:
             c.add(path, f"must be {lo}-{hi}, got {value}")
         elif lo is not None:
@@ -454,6 +488,73 @@ def _str(c: _Collector, value: Any, path: str) -> str | None:
         c.add(path, f"must be a string, got {value!r}")
         return None
     return value
+
+
+def _no_nul(c: _Collector, value: str, path: str) -> str | None:
+    """``value``, a file path from the file, unless it holds a NUL (no path can)."""
+    if "\x00" in value:
+        c.add(path, f"must be a path without a NUL character, got {value!r}")
+        return None
+    return value
+
+
+class _NotAFile(Exception):
+    """A path that names something other than a small enough regular file."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _regular_file(file: Path, limit: int) -> os.stat_result:
+    """stat ``file`` (following symlinks): raise _NotAFile unless it is a regular file
+    of at most ``limit`` bytes. A FIFO or a device is never opened (an open() of a FIFO
+    waits for a writer for ever; /dev/zero never ends). OSError (FileNotFoundError
+    among them) comes out as is."""
+    st = os.stat(file)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotAFile(f"is {_kind(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+        raise _NotAFile(f"is {st.st_size:,} bytes, more than {_size(limit)}")
+    return st
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
+
+
+def _read_regular(file: Path, limit: int) -> bytes:
+    """The bytes of ``file``, a regular file of at most ``limit`` bytes (else _NotAFile):
+    checked before it is opened, opened without blocking, and never read past ``limit``
+    (in case it was swapped or grew since)."""
+    _regular_file(file, limit)
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotAFile(f"is {_kind(st.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, limit + 1 - total)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise _NotAFile(f"is more than {_size(limit)}")
+    finally:
+        os.close(fd)
 
 
 class _CredentialFolder:
@@ -503,9 +604,11 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
         return Secret(val)
     if key == "password_env":
         if val not in env:
-            c.add(_join(path, key), f"environment variable {val} is not set: export it before starting warmupd")
+            c.add(_join(path, key), f"environment variable {_show(val)} is not set: export it before starting warmupd")
             return None
         return Secret(env[val])
+    if _no_nul(c, val, _join(path, key)) is None:
+        return None
     candidates: list[Path] = []
     p = Path(val)
     if p.is_absolute():
@@ -522,23 +625,27 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
         try:
             # read_text's text layer costs twice the bytes read at 100,000 files; this is
             # what it returns (universal newlines: "\r\n" and "\r" read as "\n").
-            text = cand.read_bytes().decode("utf-8")
+            text = _read_regular(cand, PASSWORD_FILE_MAX).decode("utf-8")
         except FileNotFoundError:
             continue
+        except _NotAFile as e:
+            c.add(_join(path, key), f"password file {_show(cand)} {e}: point password_file "
+                                    "at a file that holds only the password")
+            return None
         except OSError as e:
-            c.add(_join(path, key), f"cannot read password file {cand}: {e.strerror}; check its permissions")
+            c.add(_join(path, key), f"cannot read password file {_show(cand)}: {e.strerror}; check its permissions")
             return None
         except UnicodeDecodeError:
-            c.add(_join(path, key), f"password file {cand} is not UTF-8 text; write the password as UTF-8")
+            c.add(_join(path, key), f"password file {_show(cand)} is not UTF-8 text; write the password as UTF-8")
             return None
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         secret = text.rstrip("\r\n")
         if not secret:
-            c.add(_join(path, key), f"password file {cand} is empty")
+            c.add(_join(path, key), f"password file {_show(cand)} is empty")
             return None
         return Secret(secret)
-    tried = ", ".join(str(x) for x in dict.fromkeys(candidates))
+    tried = ", ".join(_show(x) for x in dict.fromkeys(candidates))
     c.add(_join(path, key), f"password file not found (tried {tried}): create it or fix the path")
     return None
 
@@ -579,12 +686,14 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
         raw_ca = srv["ca_file"]
         if not isinstance(raw_ca, str) or not raw_ca:
             c.add(_join(path, "ca_file"), "must be the path of a PEM CA bundle")
-        else:
+        elif _no_nul(c, raw_ca, _join(path, "ca_file")) is not None:
             ca_file = (base / raw_ca).resolve()
             try:
+                with _suppress_missing():  # OpenSSL reports it as the other problems
+                    _regular_file(ca_file, CA_FILE_MAX)
                 _tls_context(str(ca_file))
-            except (OSError, ssl.SSLError) as e:
-                c.add(_join(path, "ca_file"), f"cannot load CA bundle {ca_file}: {e}; "
+            except (OSError, ssl.SSLError, _NotAFile) as e:
+                c.add(_join(path, "ca_file"), f"cannot load CA bundle {_show(ca_file)}: {e}; "
                                               "give a readable PEM file")
                 ca_file = None
     if host is None or security is None or port is None or username is None \
@@ -595,6 +704,14 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
                   ca_file=ca_file)
 
 
+@contextlib.contextmanager
+def _suppress_missing() -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        pass
+
+
 def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:
     table = _table(c, raw, path)
     if not table:
@@ -603,7 +720,7 @@ def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:
     periods: list[Period] = []
     ok = True
     for name, spec in table.items():
-        ppath = _join(path, name)
+        ppath = _join(path, _key(name))
         spec = _table(c, spec, ppath)
         c.unknown_keys(spec, _PERIOD_KEYS, ppath)
         windows = spec.get("windows")
@@ -629,7 +746,8 @@ def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:
     spans = sorted((w, p.name) for p in periods for w in p.windows)
     for (a, pa), (b, pb) in zip(spans, spans[1:], strict=False):
         if b[0] < a[1]:
-            c.add(path, f"window {fmt_window(b)} of {pb} overlaps window {fmt_window(a)} of {pa}")
+            c.add(path, f"window {fmt_window(b)} of {_key(pb)} overlaps window {fmt_window(a)} "
+                        f"of {_key(pa)}")
             ok = False
     total = sum(p.weight for p in periods)
     if abs(total - 1.0) > 1e-6:
@@ -638,18 +756,24 @@ def _periods(c: _Collector, raw: Any, path: str) -> tuple[Period, ...] | None:
     return tuple(periods) if ok else None
 
 
-def _ramp(c: _Collector, raw: dict[str, Any], path: str) -> Ramp | None:
+def _ramp(c: _Collector, raw: dict[str, Any], path: str,
+          where: Callable[[str], str] | None = None) -> Ramp | None:
+    """``where(key)``: the key path of a key of the merged table (its own or [defaults]')."""
+    at = where or partial(_join, path)
     c.unknown_keys(raw, _RAMP_KEYS, path)
     vals = {}
     for k in ("start", "step", "max"):
-        v = _num(c, raw.get(k), _join(path, k), lo=1, integer=True, what=" (zero or negative ramp values plan nothing)")
+        v = _num(c, raw.get(k), at(k), lo=1, integer=True, what=" (zero or negative ramp values plan nothing)")
         vals[k] = v
     if None in vals.values():
         return None
     return Ramp(**vals)
 
 
-def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | None:
+def _engagement(c: _Collector, raw: dict[str, Any], path: str,
+                where: Callable[[str], str] | None = None) -> Engagement | None:
+    """``where(key)``: the key path of a key of the merged table (its own or [defaults]')."""
+    at = where or partial(_join, path)
     c.unknown_keys(raw, _ENGAGEMENT_KEYS, path)
     ok = True
     delay = raw.get("delay")
@@ -661,17 +785,17 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | N
         except ValueError:
             pass
     if dmin is None or dmax is None or dmin <= 0 or dmax < dmin:
-        c.add(_join(path, "delay"), f'must be a range of durations like "3m-4h", got {delay!r}')
+        c.add(at("delay"), f'must be a range of durations like "3m-4h", got {delay!r}')
         ok = False
     rates: dict[str, float] = {}
     for k in ("reply_rate", "important_rate", "bounce_pause_rate", "hold_junk_rate"):
-        rate = _num(c, raw.get(k), _join(path, k), lo=0, hi=1)
+        rate = _num(c, raw.get(k), at(k), lo=0, hi=1)
         if rate is None:
             ok = False
         else:
             rates[k] = float(rate)
-    depth = _num(c, raw.get("max_thread_depth"), _join(path, "max_thread_depth"), lo=1, integer=True)
-    archive = _str(c, raw.get("archive_folder", ""), _join(path, "archive_folder"))
+    depth = _num(c, raw.get("max_thread_depth"), at("max_thread_depth"), lo=1, integer=True)
+    archive = _str(c, raw.get("archive_folder", ""), at("archive_folder"))
     if not ok or dmin is None or dmax is None or depth is None or archive is None:
         return None
     return Engagement(delay_min=dmin, delay_max=dmax, max_thread_depth=depth, archive_folder=archive,
@@ -680,9 +804,25 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str) -> Engagement | N
                       hold_junk_rate=rates["hold_junk_rate"])
 
 
-def _engagement_table(c: _Collector, raw: Any, path: str) -> Engagement | None:
+def _engagement_table(c: _Collector, raw: Any, path: str,
+                      where: Callable[[str], str] | None = None) -> Engagement | None:
     """The merged engagement value (a table, if valid) -> Engagement."""
-    return _engagement(c, _table(c, raw, path), path)
+    return _engagement(c, _table(c, raw, path), path, where)
+
+
+def _origin_path(acc: dict[str, Any], path_i: str, key: str) -> str:
+    """The key path of a merged key: the account's, or [defaults]' when the account does
+    not set it (a [defaults] problem is then reported once, where it is in the file)."""
+    return f"{path_i if key in acc else 'defaults'}.{key}"
+
+
+def _merged_key_path(own: Any, table: str, path_i: str, key: str) -> str:
+    """The key path of ``key`` of an account's merged ``table`` (ramp, engagement): the
+    account's own when it sets that key, else [defaults]' (the builtin value, if the
+    file does not set it, is never reported)."""
+    if isinstance(own, dict) and key in own:
+        return f"{path_i}.{table}.{key}"
+    return f"defaults.{table}.{key}"
 
 
 # The merged keys _schedule reads: equal values make an equal Schedule.
@@ -694,6 +834,11 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
     def p(key: str) -> str:
         return origin.get(key, path) + "." + key if origin.get(key) else _join(path, key)
 
+    def ramp_key(key: str) -> str:
+        # A key of an account's ramp that the account does not set is [defaults]'.
+        own = origin.get("ramp") == "" and origin.get(f"ramp.{key}") != "defaults"
+        return _join(p("ramp"), key) if own or not origin else f"defaults.ramp.{key}"
+
     tzname = merged.get("timezone")
     tz_ok = False
     if not isinstance(tzname, str):
@@ -702,7 +847,8 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
         try:
             _zone(tzname)
             tz_ok = True
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a folder of the zone database ("America"), a name too long for a file.
             near = difflib.get_close_matches(tzname, _zone_names(), n=1, cutoff=0.6)
             hint = f'; did you mean "{near[0]}"?' if near else ""
             c.add(p("timezone"), f"unknown timezone {tzname!r}{hint}")
@@ -729,7 +875,7 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
     gap = _dur(c, merged.get("min_gap"), p("min_gap"))
     mph = _num(c, merged.get("max_per_hour"), p("max_per_hour"), lo=0, integer=True)
     periods = _periods(c, merged.get("periods"), p("periods"))
-    ramp = _ramp(c, _table(c, merged.get("ramp"), p("ramp")), p("ramp"))
+    ramp = _ramp(c, _table(c, merged.get("ramp"), p("ramp")), p("ramp"), ramp_key)
     if (jitter is None or micro is None or gap is None or mph is None or periods is None
             or ramp is None or not tz_ok or not isinstance(tzname, str) or not weekdays):
         return None
@@ -745,7 +891,7 @@ def _schedule(c: _Collector, merged: dict[str, Any], path: str, origin: dict[str
         cap = period_capacity(spans[per.name], g)
         if share > cap:
             fits = False
-            c.add(p("periods") + f".{per.name}",
+            c.add(_join(p("periods"), _key(per.name)),
                   f"cannot fit its share of ramp.max ({share} sends) with min_gap {merged.get('min_gap')}"
                   + (f" and max_per_hour {mph}" if mph else "")
                   + f": at most {cap} fit in its windows; widen the windows, lower ramp.max or min_gap")
@@ -771,6 +917,7 @@ def _merge(defaults: dict[str, Any], acc: dict[str, Any]) -> tuple[dict[str, Any
     origin = {k: "defaults" for k in defaults}
     for k, v in acc.items():
         if k in ("ramp", "engagement") and isinstance(v, dict) and isinstance(merged.get(k), dict):
+            origin.update((f"{k}.{kk}", "defaults") for kk in merged[k] if kk not in v)
             merged[k] = {**merged[k], **v}
         else:
             merged[k] = v
@@ -815,6 +962,8 @@ def _include_files(c: _Collector, raw: Any, config_path: Path) -> list[str]:
         if not isinstance(pattern, str) or not pattern:
             c.add(f"daemon.include[{i}]", f'must be a glob pattern like "accounts.d/*.toml", got {pattern!r}')
             continue
+        if _no_nul(c, pattern, f"daemon.include[{i}]") is None:
+            continue
         # glob.glob skips dot files (editor swap files); root_dir keeps relative matches relative.
         for match in glob.glob(pattern, root_dir=base, recursive=True):
             full = Path(os.path.normpath(base / match))
@@ -831,7 +980,7 @@ def _included_entries(c: _Collector, label: str, base: Path) -> list[tuple[str, 
         return []
     for key in data:
         if key != "accounts":
-            c.add(f"{label}: {key}", "an included file holds [[accounts]] tables only; "
+            c.add(f"{label}: {_key(key)}", "an included file holds [[accounts]] tables only; "
                                      "move this key to the main config file")
     return _account_entries(c, data.get("accounts", []), f"{label}: ")
 
@@ -882,11 +1031,13 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     c.unknown_keys(d, _DAEMON_KEYS, "daemon")
     state_dir_raw = d.get("state_dir", "var")
     state_dir = base
-    if _str(c, state_dir_raw, "daemon.state_dir") is not None:
+    if _str(c, state_dir_raw, "daemon.state_dir") is not None \
+            and _no_nul(c, state_dir_raw, "daemon.state_dir") is not None:
         state_dir = (base / state_dir_raw).resolve()
     sock_raw = d.get("socket")
     socket_path = state_dir / "warmupd.sock"
-    if sock_raw is not None and _str(c, sock_raw, "daemon.socket") is not None:
+    if sock_raw is not None and _str(c, sock_raw, "daemon.socket") is not None \
+            and _no_nul(c, sock_raw, "daemon.socket") is not None:
         socket_path = (base / sock_raw).resolve()
     # Under systemd, StateDirectory=/RuntimeDirectory= win over the file's paths.
     if env.get("STATE_DIRECTORY"):
@@ -912,8 +1063,15 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     c.unknown_keys(defaults_raw, _DEFAULT_KEYS, "defaults")
     defaults: dict[str, Any] = dict(BUILTIN_DEFAULTS)
     for k, v in defaults_raw.items():
-        if k in ("ramp", "engagement") and isinstance(v, dict):
-            defaults[k] = {**BUILTIN_DEFAULTS[k], **v}
+        if k in ("ramp", "engagement"):
+            # Checked here, once, under the path they have in the file: an account that
+            # overrides a part of the table merges the rest, and must not report
+            # [defaults]' unknown keys (nor its wrong type) again under its own path.
+            table = _table(c, v, f"defaults.{k}")
+            allowed = _RAMP_KEYS if k == "ramp" else _ENGAGEMENT_KEYS
+            c.unknown_keys(table, allowed, f"defaults.{k}")
+            defaults[k] = {**BUILTIN_DEFAULTS[k],
+                           **{kk: vv for kk, vv in table.items() if kk in allowed}}
         else:
             defaults[k] = v
 
@@ -953,7 +1111,10 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
                 emails[key] = _where(path_i)
         sd = acc_raw.get("start_date")
         start_date: date | None = None
-        if isinstance(sd, date):
+        if isinstance(sd, datetime):  # a TOML date-time: a date subclass
+            c.add(f"{path_i}.start_date", f"must be a date YYYY-MM-DD without a time of day "
+                                          f"(write {sd.date().isoformat()}), got {sd.isoformat()}")
+        elif isinstance(sd, date):
             start_date = sd
         elif isinstance(sd, str):
             try:
@@ -983,7 +1144,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
             eng = engagement_cache[eng_key]
         else:
             eng = engagements.get(c, merged.get("engagement"), partial(
-                _engagement_table, c, merged.get("engagement"), f"{eng_origin}.engagement"))
+                _engagement_table, c, merged.get("engagement"), f"{eng_origin}.engagement",
+                partial(_merged_key_path, acc_raw.get("engagement"), "engagement", path_i)))
             engagement_cache[eng_key] = eng
         smtp = None
         if "smtp" in acc_raw:
@@ -1006,19 +1168,27 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
                     extras.append(x)
                 else:
                     c.add(f"{xpath}[{j}]", f"must be an email address, got {x!r}")
+        at = partial(_origin_path, acc_raw, path_i)
         tag = merged.get("tag", "")
         if not isinstance(tag, str):
-            c.add(f"{path_i}.tag", "must be a string")
+            c.add(at("tag"), "must be a string")
             tag = ""
-        max_attempts = _num(c, merged.get("max_attempts"), f"{path_i}.max_attempts", lo=1, integer=True)
+        max_attempts = _num(c, merged.get("max_attempts"), at("max_attempts"), lo=1, integer=True)
         templates_raw = merged.get("templates", "")
         templates: Path | None = None
         if isinstance(templates_raw, str) and templates_raw:
-            templates = (base / templates_raw).resolve()
-            if not templates.exists():
-                c.add(f"{path_i}.templates", f"{templates} does not exist: point it at a template file or folder, or remove it")
+            if _no_nul(c, templates_raw, at("templates")) is not None:
+                templates = (base / templates_raw).resolve()
+                try:
+                    os.stat(templates)
+                except OSError as e:
+                    what = ("does not exist" if isinstance(e, FileNotFoundError | NotADirectoryError)
+                            else f"cannot be read: {e.strerror}")
+                    c.add(at("templates"), f"{_show(templates)} {what}: point it at a "
+                                                 "template file or folder, or remove it")
+                    templates = None
         elif not isinstance(templates_raw, str):
-            c.add(f"{path_i}.templates", "must be a path string")
+            c.add(at("templates"), "must be a path string")
         if email and start_date and sched and eng and max_attempts is not None:
             accounts.append(Account(
                 email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,

@@ -349,15 +349,37 @@ def check_file(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a warmupd database, is
     damaged, or is newer than this code. Returns its schema version (0 for new).
 
-    Opened read-only: a damaged file is left byte for byte as it was."""
-    if not path.exists() or path.stat().st_size == 0:
+    Opened read-only: a damaged file is left byte for byte as it was. Anything but a
+    regular file (a folder, a FIFO, a device) is refused before it is opened."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         return 0
-    with path.open("rb") as f:
-        header = f.read(16)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read the database ({e.strerror}); refusing to touch "
+                         "it: check the permissions of state_dir") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise StoreError(f"{path} is {kind}, not a database; refusing to touch it: "
+                         "point state_dir at a folder of its own")
+    if st.st_size == 0:
+        return 0
+    try:
+        with path.open("rb") as f:
+            header = f.read(16)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read the database ({e.strerror}); refusing to touch "
+                         "it: check its permissions") from None
     if header != b"SQLite format 3\x00":
         raise StoreError(f"{path} is not a SQLite database; refusing to touch it: "
                          "point state_dir at a folder of its own")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the database ({e}); refusing to touch it: "
+                         "check its permissions") from None
     try:
         app_id = con.execute("PRAGMA application_id").fetchone()[0]
         version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -366,7 +388,7 @@ def check_file(path: Path) -> int:
         # integrity_check): a damaged file is caught here, before any write. It takes
         # about 0.4 s per 100 MB here; a larger file gets the cheap checks below now
         # and its full check in the background once the daemon runs (Store.verify).
-        if path.stat().st_size <= FULL_CHECK_MAX:
+        if st.st_size <= FULL_CHECK_MAX:
             problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
         else:
             problems = ["ok"]

@@ -1373,13 +1373,13 @@ class RequestGen:
         if r.random() < 0.3:
             acc = r.choice([VICTIM, f" {VICTIM} ", f"\t{VICTIM}\n"])
             req: dict[str, Any] = {"cmd": cmd, "account": acc}
-            reason = None
             if cmd == "pause" and r.random() < 0.7:
-                reason = req["reason"] = r.choice([None, "fuzz", self.odd_str(), "x" * 10000])
-            # A reason with a lone surrogate is refused (in a \udXXX escape, or as invalid
-            # UTF-8); else pausing a paused account or resuming an active one may be either.
-            surrogate = reason is not None and any(0xD800 <= ord(ch) <= 0xDFFF for ch in reason)
-            return Req(self.j(req), "error" if surrogate else "any", "pause_victim")
+                req["reason"] = r.choice([None, "fuzz", self.odd_str(), "x" * 10000])
+            # A reason holding a lone surrogate is refused (as invalid UTF-8, or in a
+            # \udXXX escape); else pausing a paused account or resuming an active one may
+            # be either.
+            line = self.j(req)
+            return Req(line, "error" if _lone_surrogate(line) else "any", "pause_victim")
         req = {"cmd": cmd, "account": self._bad_account()}
         if cmd == "pause" and r.random() < 0.5:
             req["reason"] = self.odd_str()
@@ -1480,6 +1480,17 @@ class RequestGen:
     def _whitespace(self) -> Req:
         pad = self.r.choice([b" ", b"\t", b"\r", b"  \t\r"])
         return Req(pad + self.j({"cmd": "version"}) + pad, "ok", "whitespace")
+
+
+def _lone_surrogate(line: bytes) -> bool:
+    """Whether a request line is not UTF-8, or holds a lone surrogate once decoded: two
+    escapes "\\ud83d\\ude00" that make a pair decode to one valid character (the generator
+    draws surrogates one at a time, so two in a row may pair up)."""
+    try:
+        text = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return True
+    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in json.dumps(text, ensure_ascii=False))
 
 
 def _date_ok(day: str) -> bool:

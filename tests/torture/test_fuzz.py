@@ -1948,6 +1948,8 @@ def test_control_socket_fuzz_while_firing(tmp_path: Path, long_form: bool) -> No
           f"{max(late, default=math.nan) * 1000:.1f} ms, min "
           f"{min(late, default=math.nan) * 1000:.1f} ms")
     print(f"[fuzz] request kinds: {dict(sorted(tally.kinds.items()))}")
+    print(f"[fuzz] machine load average at the end (1/5/15 min): "
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     assert not not_sent and not not_once, (not_sent[:5], not_once[:5])
     assert not tally.failures, "\n".join(tally.failures)
     # Only the client that never reads is dropped: every other line gets its reply.

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.daemon_helpers import (
     ALICE,
@@ -25,29 +22,12 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.ops_helpers import raw_request
-from tests.rig.fixtures import RIG_USERS
 from tests.rig.smtp_server import SMTPServer
 from warmupd.config import load_config
 
 HORIZON = {"WARMUPD_HORIZON": "3"}
 
 
-@pytest.fixture
-def daemons() -> Iterator[DaemonFactory]:
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    server = SMTPServer(users=RIG_USERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def request(cfg: Path, cmd: str, **args: Any) -> dict[str, Any]:

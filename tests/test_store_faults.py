@@ -46,7 +46,6 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.ops_helpers import raw_request
-from tests.rig.fixtures import RIG_USERS
 from tests.rig.smtp_server import SMTPServer
 from warmupd.config import load_config
 from warmupd.planner import PlannedSend
@@ -56,22 +55,6 @@ DAY = "2026-03-04"
 BASE = datetime(2026, 3, 4, 9, tzinfo=UTC).timestamp()
 
 
-@pytest.fixture
-def daemons() -> Iterator[DaemonFactory]:
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    server = SMTPServer(users=RIG_USERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def seeds(n: int, start: float = BASE, prefix: str = "s") -> list[Seed]:

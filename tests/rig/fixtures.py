@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .mailrig import DEFAULT_USERS, MailRig, dovecot_binary
 from .smtp_server import SMTPServer
 
-__all__ = ["RIG_USERS", "clean_mailrig", "mailrig", "smtp_server"]
+if TYPE_CHECKING:
+    from tests.daemon_helpers import DaemonFactory
+
+__all__ = ["RIG_USERS", "clean_mailrig", "daemons", "mailrig", "smtp_server"]
 
 RIG_USERS: dict[str, str] = dict(DEFAULT_USERS)
 
@@ -34,6 +38,18 @@ def smtp_server() -> Iterator[SMTPServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[DaemonFactory]:
+    """Start ``warmupd run`` subprocesses; every one is stopped (or killed) at teardown."""
+    from tests.daemon_helpers import DaemonFactory
+
+    factory = DaemonFactory()
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @pytest.fixture(scope="session")

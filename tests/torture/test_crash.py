@@ -27,7 +27,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,14 +64,6 @@ from tests.torture.crash_helpers import (
 
 KILLED = -signal.SIGKILL  # Popen.returncode of a process that died by SIGKILL
 
-
-@pytest.fixture
-def daemons() -> Iterator[DaemonFactory]:
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 def wait_killed(d: DaemonProc, timeout: float, what: str) -> None:

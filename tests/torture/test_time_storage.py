@@ -44,7 +44,6 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.ops_helpers import raw_request
-from tests.rig.fixtures import RIG_USERS
 from tests.rig.smtp_server import SMTPServer
 from warmupd.config import load_config
 
@@ -53,22 +52,6 @@ needs_faketime = pytest.mark.skipif(not os.path.exists(FAKETIME_LIB),
                                     reason="libfaketime missing (the test command installs Debian's faketime)")
 
 
-@pytest.fixture
-def daemons() -> Iterator[DaemonFactory]:
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    server = SMTPServer(users=RIG_USERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def status(cfg: Path) -> dict[str, Any]:

@@ -54,16 +54,6 @@ LATE_OK = 0.5  # MAIL FROM may come this much after the planned instant, never b
 # ---------------------------------------------------------------- fixtures and runners
 
 
-@pytest.fixture
-def daemons() -> Iterator[DaemonFactory]:
-    """Start DaemonProcs; every one of them is stopped (or killed) at teardown."""
-    factory = DaemonFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
 @dataclass
 class Run:
     tmp: Path

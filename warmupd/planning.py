@@ -95,7 +95,8 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
     def fault() -> None:
         faults.point("store.plan_chunk")
 
-    async def submit(builder: PlanBuilder) -> None:
+    async def drain() -> None:
+        """Wait for the chunk being written and hand its keys to the timers."""
         nonlocal writer
         if writer is not None:
             keys = await writer
@@ -104,6 +105,10 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                 on_keys(keys)
             if progress:
                 progress(done)
+
+    async def submit(builder: PlanBuilder) -> None:
+        nonlocal writer
+        await drain()
         writer = asyncio.create_task(store.insert_prepared(builder.finish(), on_commit=fault))
 
     try:
@@ -132,13 +137,7 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
         if builder.days:
             await submit(builder)
             done += builder.days
-        if writer is not None:
-            keys = await writer
-            writer = None
-            if on_keys:
-                on_keys(keys)
-            if progress:
-                progress(done)
+        await drain()
     finally:
         if writer is not None:  # an error above: let the chunk in flight finish, then raise
             await asyncio.wait([writer])

@@ -837,15 +837,6 @@ class Store:
             return out
         return await self.read(q)
 
-    async def rows_on_dates(self, local_dates: Iterable[str], statuses: Sequence[str]) -> list[SendRow]:
-        """Rows of these local dates (any account) with one of ``statuses``."""
-        dates = sorted(set(local_dates))
-        if not dates:
-            return []
-        dq, sq = ",".join("?" * len(dates)), ",".join("?" * len(statuses))
-        return await self.read(lambda con: self._rows_q(con, f"b.local_date IN ({dq})", [*dates, *statuses],
-                                                        f"s.status IN ({sq})"))
-
     async def due_keys(self, local_dates: Iterable[str]) -> list[tuple[int, int, str]]:
         """(due_ms, id, account) of the pending sends of these local dates: the
         compact form the timer structure holds."""
@@ -1194,18 +1185,6 @@ class Store:
             [(to_status, reason, last_error, to_status, stamp, i, from_status) for i, _ in rows])
         con.executemany(_EVENT_SQL, [(stamp, i, a, from_status, to_status, detail) for i, a in rows])
         return int(cur.rowcount)
-
-    async def skip_stale(self, before_date: str, reason: str) -> int:
-        """Pending rows of days before ``before_date`` can never be sent in time."""
-        stamp = now_ms()
-
-        def fn(con: sqlite3.Connection) -> int:
-            rows = [(r[0], r[1]) for r in con.execute(
-                "SELECT s.id, s.account FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND "
-                "b.last_id WHERE b.local_date < ? AND s.status='pending'", (before_date,))]
-            return self._settle_sync(con, rows, "pending", "skipped", reason, stamp, reason=reason)
-
-        return await self.write(fn, "skip stale sends")
 
     async def cleanup(self, before_date: str, older_than_ms: int) -> int:
         """Delete finished rows of days before ``before_date`` and older events, in

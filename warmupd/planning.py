@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from . import faults
 from .calendar import day_bounds, iso_utc, local_date, next_sending_day, projected_warmup_day
 from .config import Account, Config
+from .firing import Clock, Spawn
 from .logs import get_logger
 from .planner import Pool, day_target, new_send_target, plan_day
 from .store import AccountState, PlanBuilder, Store
@@ -34,19 +35,11 @@ BACKGROUND_AT = 2000  # account-days: a larger start-up plan runs while the daem
 ROLLOVER_BACKOFF = (1.0, 60.0)
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
 class Timers(Protocol):
     """What planning needs of the timers (firing.Firing)."""
 
     def schedule_keys(self, keys: list[tuple[int, int, str]]) -> None: ...
     def cancel(self, ident: int, kind: int = ...) -> None: ...
-
-
-class Spawn(Protocol):
-    def __call__(self, coro: Any, *, critical: bool = False) -> asyncio.Task[Any]: ...
 
 
 async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.Random, pool: Pool, *,

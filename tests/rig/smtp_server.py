@@ -13,8 +13,22 @@ Two forms share one handler:
 Every accepted message is recorded as one JSON object (one line in the record
 file, flushed at once) with ``mail_from_at`` / ``data_at`` (``time.time()``
 when MAIL FROM arrived / when the DATA terminator was read), ``mail_from``,
-``rcpt_tos``, ``message_id``, ``x_warmup_id``, ``subject``, ``auth_login`` and
-``raw`` (the message as str).
+``rcpt_tos``, ``message_id``, ``x_warmup_id``, ``subject``, ``auth_login`` (the
+SASL user), ``auth_mechanism`` ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"; None
+without AUTH) and ``raw`` (the message as str).
+
+OAuth (``SMTPServer(..., oauth_introspection_url=URL)``, ``--oauth-introspection-url``
+for the subprocess, ``MailRig(oauth_introspection_url=...)``): AUTH XOAUTH2
+(``user=U\x01auth=Bearer T\x01\x01``) and OAUTHBEARER (RFC 7628,
+``n,a=U,\x01auth=Bearer T\x01\x01``) are offered beside PLAIN and LOGIN. Each token
+is posted to the RFC 7662 introspection endpoint (in a thread, never cached: a
+revoked token is refused at once); it is good when the answer is active and its
+``username`` is U, or when it is an app token whose ``app_mailboxes`` hold U.
+A refused token gets Google's and Microsoft's answer: ``334`` + base64 JSON
+(``{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`` for
+XOAUTH2, status ``invalid_token`` for OAUTHBEARER), the client's empty (or
+``\x01``) line, then ``535 5.7.8 Username and Password not accepted``. An
+introspection endpoint that does not answer gives ``454 4.7.0``.
 
 Faults (``set_fault(mode, count=None, sender=None, seconds=..., at=None)``):
 
@@ -26,7 +40,12 @@ mode       effect                                        stage (``at``)
 "550"      reply 550 (permanent failure)                 mail|rcpt|data
 "535"      reject AUTH with 535 even for good passwords  auth (fixed;
            (counts once per session, whatever the        one count per
-           client retries with other mechanisms)         session)
+           client retries with other mechanisms) or      session; per
+           good OAuth tokens (the 334 JSON error, then   attempt for
+           535, as for a dead token): with               XOAUTH2 and
+           ``sender=USER, count=1`` it refuses USER's    OAUTHBEARER)
+           next good token once:
+           ``faults.reject_token(USER, times=1)``
 "drop"     close the connection without any reply        mail|rcpt|data
 "stall"    sleep ``seconds`` without answering, then     mail|rcpt|data
            carry on normally
@@ -73,6 +92,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -92,12 +113,22 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, TLSSetupException
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+)
 
 __all__ = [
     "FAULT_MODES",
     "Fault",
     "FaultTable",
+    "OAUTH_MECHANISMS",
+    "OAuthLogin",
     "Recorder",
     "RigHandler",
     "RigSMTP",
@@ -105,6 +136,7 @@ __all__ = [
     "SMTPServerProcess",
     "ServerThread",
     "control",
+    "introspect_token",
     "make_smtp_factory",
     "parse_users",
     "remote_reset",
@@ -113,6 +145,7 @@ __all__ = [
     "reset_connection",
     "scan_headers",
     "server_tls_context",
+    "token_allows",
 ]
 
 FAULT_MODES = (
@@ -132,6 +165,9 @@ FAULT_MODES = (
 STAGES = ("mail", "rcpt", "data")
 GREETING_MODES = ("421", "451", "550", "552", "drop", "reset", "stall", "tarpit")
 DEFAULT_RESET_AFTER = 100  # bytes of the message a mid-DATA reset lets the server read
+OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+OAUTH_SCOPE = "https://mail.google.com/"
+OAUTH_REFUSED = "535 5.7.8 Username and Password not accepted"
 RIG_HOSTNAME = "rig.warmup.test"  # never let aiosmtpd call socket.getfqdn() per connection
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -280,6 +316,11 @@ class FaultTable:
             self._faults[fault.sender] = fault
         return fault
 
+    def reject_token(self, user: str, times: int = 1) -> Fault:
+        """Refuse ``user``'s next ``times`` AUTH attempts even with a good token or password
+        (the "535" fault for that login)."""
+        return self.set("535", count=times, sender=user)
+
     def reset(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -421,11 +462,15 @@ class RigHandler:
         faults: FaultTable | None = None,
         recorder: Recorder | None = None,
         fast: bool = False,
+        *,
+        oauth_introspection_url: str | None = None,
     ) -> None:
         self.users = {k.lower(): v for k, v in (users or {}).items()}
         self.faults = faults if faults is not None else FaultTable()
         self.recorder = recorder if recorder is not None else Recorder()
         self.fast = fast
+        # None: no XOAUTH2/OAUTHBEARER (make_smtp_factory leaves them out of EHLO)
+        self.oauth_introspection_url = oauth_introspection_url
 
     # -- AUTH (aiosmtpd "authenticator" callable, synchronous) -------------------------
 
@@ -435,6 +480,7 @@ class RigHandler:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
+        session.rig_auth_mechanism = mechanism  # type: ignore[attr-defined]
         # handled=False + no message => aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
         # A 535 fault counts once per session: clients such as aiosmtplib retry
         # with the next mechanism (PLAIN, then LOGIN), which must fail as well.
@@ -446,6 +492,60 @@ class RigHandler:
             if expected is None or auth_data.password.decode("utf-8", "replace") != expected:
                 return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=auth_data)
+
+    # -- AUTH XOAUTH2 / OAUTHBEARER (aiosmtpd's handler ``auth_<MECH>`` hooks) ---------
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        return await self._oauth(server, args, "OAUTHBEARER")
+
+    async def _oauth(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        if len(args) > 1:  # initial response on the AUTH line
+            try:
+                blob: bytes = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            answer = await server.challenge_auth("")
+            if answer is MISSING:  # "*" or bad base64: aiosmtpd has replied
+                return AuthResult(success=False, handled=True)
+            assert isinstance(answer, bytes)
+            blob = answer
+        parsed = parse_oauth_response(mechanism, blob)
+        if parsed is None:
+            await server.push(f"501 5.5.2 Malformed {mechanism} initial response")
+            return AuthResult(success=False, handled=True)
+        user, token = parsed
+        url = self.oauth_introspection_url
+        assert url is not None  # the mechanisms are offered only with a URL
+        # A fault refuses a good token: one count per attempt (a client that got a
+        # new token and tries again should get in once the count is spent).
+        good = False
+        if self.faults.take("auth", user or None) is None:
+            try:
+                info = await asyncio.to_thread(introspect_token, url, token)
+            except Exception as exc:  # noqa: BLE001 - an endpoint that fails is temporary
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+                await server.push(f"454 4.7.0 Temporary authentication failure ({reason})")
+                return AuthResult(success=False, handled=True)
+            user = user or str(info.get("username") or "")
+            good = bool(user) and token_allows(info, user)
+        if not good:
+            status = "401" if mechanism == "XOAUTH2" else "invalid_token"
+            error = {"status": status, "schemes": "bearer", "scope": OAUTH_SCOPE}
+            reply = await server.challenge_auth(json.dumps(error, separators=(",", ":")))
+            if reply is MISSING:  # the client aborted with "*": aiosmtpd has replied
+                return AuthResult(success=False, handled=True)
+            return AuthResult(success=False, handled=False, message=OAUTH_REFUSED)
+        server.session.rig_auth_mechanism = mechanism  # type: ignore[union-attr]
+        return AuthResult(
+            success=True,
+            message="235 2.7.0 Accepted",
+            auth_data=OAuthLogin(login=user.encode(), mechanism=mechanism),
+        )
 
     # -- faults ---------------------------------------------------------------------
 
@@ -548,8 +648,7 @@ class RigHandler:
 
     def _record(self, session: Session, envelope: Envelope, raw: bytes, data_at: float) -> None:
         headers = scan_headers(raw) if self.fast else _parse_headers_full(raw)
-        auth = session.auth_data
-        login = auth.login if isinstance(auth, LoginPassword) else None
+        login = getattr(session.auth_data, "login", None)  # LoginPassword or OAuthLogin
         self.recorder.add(
             {
                 "mail_from_at": getattr(envelope, "mail_from_at", data_at),
@@ -562,9 +661,75 @@ class RigHandler:
                 "auth_login": login.decode("utf-8", "replace")
                 if isinstance(login, bytes)
                 else None,
+                "auth_mechanism": getattr(session, "rig_auth_mechanism", None),
                 "raw": raw.decode("utf-8", "replace"),
             }
         )
+
+
+@dataclass(frozen=True)
+class OAuthLogin:
+    """``session.auth_data`` after a good XOAUTH2/OAUTHBEARER exchange (``login`` as
+    aiosmtpd's LoginPassword has it)."""
+
+    login: bytes
+    mechanism: str
+
+
+def parse_oauth_response(mechanism: str, blob: bytes) -> tuple[str, str] | None:
+    """(user, token) from a client's XOAUTH2 or OAUTHBEARER response; None if malformed.
+
+    XOAUTH2: ``user=U\x01auth=Bearer T\x01\x01``. OAUTHBEARER (RFC 7628): a GS2 header
+    ``n,a=U,`` (U may be absent: then it is the token's user, "" here) followed by
+    ``\x01key=value`` pairs and ``\x01\x01``."""
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    user = ""
+    if mechanism == "OAUTHBEARER":
+        gs2, sep, text = text.partition("\x01")
+        parts = gs2.split(",")
+        if not sep or len(parts) < 3 or parts[0] not in ("n", "y"):
+            return None
+        if parts[1].startswith("a="):
+            user = parts[1][2:].replace("=2C", ",").replace("=3D", "=")
+    fields = dict(kv.partition("=")[::2] for kv in text.split("\x01") if kv)
+    if mechanism == "XOAUTH2":
+        user = fields.get("user", "")
+        if not user:
+            return None
+    scheme, _, token = fields.get("auth", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return user, token.strip()
+
+
+def introspect_token(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The RFC 7662 answer for ``token``, posted as Dovecot does (blocking: run it in a thread)."""
+    import httpx  # here: the benchmarks' servers never need it
+
+    resp = httpx.post(
+        url, data={"token": token, "client_id": "", "client_secret": ""}, timeout=timeout
+    )
+    resp.raise_for_status()
+    answer = resp.json()
+    if not isinstance(answer, dict):
+        raise ValueError(f"introspection answered {answer!r}, not a JSON object")
+    return answer
+
+
+def token_allows(info: Mapping[str, Any], user: str) -> bool:
+    """Whether an introspection answer lets its bearer act as ``user``: a live user token
+    of that user, or a live app token whose ``app_mailboxes`` hold it."""
+    if info.get("active") is not True:
+        return False
+    who = user.lower()
+    username = info.get("username")
+    if isinstance(username, str) and username:
+        return username.lower() == who
+    mailboxes = info.get("app_mailboxes")
+    return isinstance(mailboxes, list) and who in {str(m).lower() for m in mailboxes}
 
 
 def reset_connection(server: SMTP) -> None:
@@ -659,8 +824,10 @@ def make_smtp_factory(
     handler: RigHandler, *, timeout: float = 300.0, tls_context: ssl.SSLContext | None = None
 ) -> Any:
     """A protocol factory for ``loop.create_server``: AUTH PLAIN/LOGIN without TLS
-    (with ``tls_context``: STARTTLS offered, not required)."""
-    auth_required = bool(handler.users)
+    (with ``tls_context``: STARTTLS offered, not required), XOAUTH2/OAUTHBEARER too when
+    the handler has an introspection URL."""
+    oauth = handler.oauth_introspection_url is not None
+    auth_required = bool(handler.users) or oauth
 
     def factory() -> SMTP:
         smtp = RigSMTP(
@@ -671,6 +838,7 @@ def make_smtp_factory(
             authenticator=handler.authenticate,
             auth_required=False,
             auth_require_tls=False,  # loopback only
+            auth_exclude_mechanism=() if oauth else OAUTH_MECHANISMS,
             timeout=timeout,
             tls_context=tls_context,
         )
@@ -792,6 +960,8 @@ class SMTPServer:
     ``tls="starttls"`` offers STARTTLS, ``tls="implicit"`` speaks TLS from the first
     byte (port 465 style), both with ``certfile``/``keyfile`` (PEM; the certificate
     file may hold the chain). The "tls_fail" fault aborts their handshakes.
+    ``oauth_introspection_url`` offers AUTH XOAUTH2 and OAUTHBEARER (module docstring);
+    ``srv.reject_token(user)`` refuses that user's next good token once.
     """
 
     def __init__(
@@ -806,13 +976,22 @@ class SMTPServer:
         tls: str | None = None,
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
+        oauth_introspection_url: str | None = None,
     ) -> None:
         self.recorder = Recorder(record_path)
         self.faults = FaultTable()
         if handler is None:
-            handler = RigHandler(users, self.faults, self.recorder, fast=fast)
+            handler = RigHandler(
+                users,
+                self.faults,
+                self.recorder,
+                fast=fast,
+                oauth_introspection_url=oauth_introspection_url,
+            )
         else:
             handler.faults, handler.recorder = self.faults, self.recorder
+            if oauth_introspection_url is not None:
+                handler.oauth_introspection_url = oauth_introspection_url
         self.handler = handler
         self.users = dict(handler.users)
         self.tls = tls
@@ -877,6 +1056,10 @@ class SMTPServer:
         return self.faults.set(
             mode, count=count, sender=sender, seconds=seconds, at=at, after_bytes=after_bytes
         )
+
+    def reject_token(self, user: str, times: int = 1) -> Fault:
+        """Refuse ``user``'s next ``times`` AUTH attempts, good token or not."""
+        return self.faults.reject_token(user, times)
 
     def reset(self) -> None:
         """Clear all faults (recorded messages are kept; see clear())."""
@@ -991,7 +1174,13 @@ def parse_users(spec: str | None) -> dict[str, str]:
 async def _amain(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     recorder = Recorder(args.record, keep=False)  # the file is the record here
-    handler = RigHandler(parse_users(args.users), FaultTable(), recorder, fast=args.fast)
+    handler = RigHandler(
+        parse_users(args.users),
+        FaultTable(),
+        recorder,
+        fast=args.fast,
+        oauth_introspection_url=args.oauth_introspection_url,
+    )
     smtp = await loop.create_server(
         make_smtp_factory(handler), args.host, args.port, reuse_address=True
     )
@@ -1027,6 +1216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", default=None, help="append one JSON line per accepted message")
     p.add_argument("--control-port", type=int, default=None, help="JSON control port (0: pick)")
     p.add_argument("--fast", action="store_true", help="quick header scan instead of email parser")
+    p.add_argument(
+        "--oauth-introspection-url",
+        default=None,
+        help="offer AUTH XOAUTH2/OAUTHBEARER, checking tokens at this RFC 7662 endpoint",
+    )
     args = p.parse_args(argv)
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -1055,8 +1249,10 @@ class SMTPServerProcess:
         port: int = 0,
         control_port: int = 0,
         python: str = sys.executable,
+        oauth_introspection_url: str | None = None,
     ) -> None:
         self.users = dict(users or {})
+        self.oauth_introspection_url = oauth_introspection_url
         self.record = Path(record) if record is not None else None
         self.fast = fast
         self.host = host
@@ -1077,6 +1273,8 @@ class SMTPServerProcess:
             cmd += ["--record", str(self.record)]
         if self.fast:
             cmd.append("--fast")
+        if self.oauth_introspection_url is not None:
+            cmd += ["--oauth-introspection-url", self.oauth_introspection_url]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO_ROOT)
@@ -1120,6 +1318,10 @@ class SMTPServerProcess:
         after_bytes: int | None = None,
     ) -> dict[str, Any]:
         return remote_set_fault(self.control_port, mode, count, sender, seconds, at, after_bytes)
+
+    def reject_token(self, user: str, times: int = 1) -> dict[str, Any]:
+        """Refuse ``user``'s next ``times`` AUTH attempts, good token or not."""
+        return self.set_fault("535", count=times, sender=user)
 
     def reset(self) -> dict[str, Any]:
         return remote_reset(self.control_port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import glob
+import json
 import math
 import os
 import re
@@ -113,10 +114,40 @@ class Server:
     junk_folder: str = ""
     poll: float = 300.0
     ca_file: Path | None = None  # trust this CA bundle (a private CA) instead of the system's
+    auth: str = "password"  # "password" or "oauth"
+    oauth: str | None = None  # the [oauth.NAME] client, for auth = "oauth"
 
     def tls_context(self) -> ssl.SSLContext:
         """A verifying client context: the system's CAs, or ``ca_file``'s."""
         return _tls_context(str(self.ca_file) if self.ca_file else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """A Google service-account key (its JSON file): signs JWT bearer assertions."""
+
+    client_email: str
+    private_key: Secret = field(repr=False)
+    private_key_id: str | None
+    token_uri: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """One ``[oauth.NAME]`` table with the provider's endpoints and scopes filled in."""
+
+    name: str
+    provider: str  # google | microsoft | generic
+    grant: str  # refresh_token | service_account | client_credentials
+    client_id: str
+    client_secret: Secret | None = field(repr=False)
+    token_url: str
+    device_authorization_url: str | None
+    authorization_url: str | None
+    scopes: tuple[str, ...]
+    tenant: str | None = None
+    key: ServiceKey | None = field(default=None, repr=False)
+    timeout: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +239,7 @@ class Config:
     path: Path
     daemon: DaemonSettings
     accounts: tuple[Account, ...]
+    oauth: Mapping[str, OAuthClient] = field(default_factory=dict)
 
     _by_email: dict[str, Account] = field(default_factory=dict, init=False, repr=False,
                                           compare=False, hash=False)
@@ -223,6 +255,14 @@ class Config:
             for srv in (acc.smtp, acc.imap):
                 if srv is not None and srv.password is not None:
                     yield srv.password.reveal()
+        for client in self.oauth.values():
+            if client.client_secret is not None:
+                yield client.client_secret.reveal()
+            if client.key is not None:
+                yield client.key.private_key.reveal()
+                # A PEM key is logged, if ever, line by line: each line of the body too.
+                yield from (line for line in client.key.private_key.reveal().splitlines()
+                            if len(line) >= 16 and "-----" not in line)
 
 
 @lru_cache(maxsize=32)
@@ -303,13 +343,37 @@ _DEFAULT_KEYS = {
 }
 _ACCOUNT_KEYS = _DEFAULT_KEYS | {"email", "start_date", "smtp", "imap"}
 _SERVER_KEYS = {"ca_file", "host", "port", "security", "username", "password_file", "password_env",
-                "password", "timeout"}
+                "password", "timeout", "auth", "oauth"}
 _IMAP_KEYS = _SERVER_KEYS | {"junk_folder", "poll"}
 _PERIOD_KEYS = {"windows", "weight"}
 _RAMP_KEYS = {"start", "step", "max"}
 _ENGAGEMENT_KEYS = {"delay", "reply_rate", "important_rate", "max_thread_depth",
                     "archive_folder", "bounce_pause_rate", "hold_junk_rate"}
-_TOP_KEYS = {"daemon", "defaults", "accounts"}
+_TOP_KEYS = {"daemon", "defaults", "accounts", "oauth"}
+_OAUTH_KEYS = {"provider", "grant", "client_id", "client_secret_file", "client_secret_env",
+               "client_secret", "key_file", "tenant", "token_url", "device_authorization_url",
+               "authorization_url", "scopes", "timeout"}
+
+AUTH_METHODS = ("password", "oauth")
+OAUTH_PROVIDERS = ("google", "microsoft", "generic")
+OAUTH_GRANTS = ("refresh_token", "service_account", "client_credentials")
+# The grants each provider offers for mail: Google has no client-credentials grant for
+# Gmail (a whole domain is reached through a service account's domain-wide delegation),
+# Microsoft no service accounts (a tenant is reached app-only with client credentials).
+PROVIDER_GRANTS = {"google": ("refresh_token", "service_account"),
+                   "microsoft": ("refresh_token", "client_credentials"),
+                   "generic": OAUTH_GRANTS}
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_SCOPES = ("https://mail.google.com/",)
+MICROSOFT_LOGIN = "https://login.microsoftonline.com"
+MICROSOFT_DELEGATED_SCOPES = ("https://outlook.office.com/SMTP.Send",
+                              "https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access")
+MICROSOFT_APP_SCOPES = ("https://outlook.office365.com/.default",)
+# Tenants that stand for "any": an app-only token needs the tenant itself.
+MICROSOFT_SHARED_TENANTS = ("common", "organizations", "consumers")
+# A service-account key file is about 2.4 KiB.
+KEY_FILE_MAX = 64 * 1024
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "timezone": "UTC",
@@ -592,10 +656,13 @@ class _CredentialFolder:
 
 
 def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
-                      env: Mapping[str, str], creds: _CredentialFolder) -> Secret | None:
-    given = [k for k in ("password_file", "password_env", "password") if k in srv]
+                      env: Mapping[str, str], creds: _CredentialFolder,
+                      name: str = "password") -> Secret | None:
+    """``<name>_file``, ``<name>_env`` or ``<name>`` (a password, a client secret)."""
+    keys = (f"{name}_file", f"{name}_env", name)
+    given = [k for k in keys if k in srv]
     if len(given) > 1:
-        c.add(path, f"give one of password_file, password_env or password, not {' and '.join(given)}")
+        c.add(path, f"give one of {', '.join(keys[:2])} or {name}, not {' and '.join(given)}")
         return None
     if not given:
         return None
@@ -604,14 +671,38 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
     if not isinstance(val, str) or not val:
         c.add(_join(path, key), "must be a non-empty string")
         return None
-    if key == "password":
+    if key == name:
         return Secret(val)
-    if key == "password_env":
+    if key == keys[1]:
         if val not in env:
             c.add(_join(path, key), f"environment variable {_show(val)} is not set: export it before starting warmupd")
             return None
         return Secret(env[val])
-    if _no_nul(c, val, _join(path, key)) is None:
+    what = name.replace("_", " ")
+    found = _read_credential(c, val, _join(path, key), base, creds, what, PASSWORD_FILE_MAX)
+    if found is None:
+        return None
+    data, file = found
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        c.add(_join(path, key), f"{what} file {_show(file)} is not UTF-8 text; write the {what} as UTF-8")
+        return None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    secret = text.rstrip("\r\n")
+    if not secret:
+        c.add(_join(path, key), f"{what} file {_show(file)} is empty")
+        return None
+    return Secret(secret)
+
+
+def _read_credential(c: _Collector, val: str, path: str, base: Path, creds: _CredentialFolder,
+                     what: str, limit: int) -> tuple[bytes, Path] | None:
+    """The bytes of a credential file named in the config: an absolute path, or a name
+    looked up in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) first and then
+    against the config's folder."""
+    if _no_nul(c, val, path) is None:
         return None
     candidates: list[Path] = []
     p = Path(val)
@@ -627,35 +718,221 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
         candidates.append(base / p)
     for cand in candidates:
         try:
-            # read_text's text layer costs twice the bytes read at 100,000 files; this is
-            # what it returns (universal newlines: "\r\n" and "\r" read as "\n").
-            text = _read_regular(cand, PASSWORD_FILE_MAX).decode("utf-8")
+            # read_text's text layer costs twice the bytes read at 100,000 files; the
+            # callers decode (and fold newlines) themselves.
+            return _read_regular(cand, limit), cand
         except FileNotFoundError:
             continue
         except _NotAFile as e:
-            c.add(_join(path, key), f"password file {_show(cand)} {e}: point password_file "
-                                    "at a file that holds only the password")
+            c.add(path, f"{what} file {_show(cand)} {e}: point {path.rpartition('.')[2]} "
+                        f"at a file that holds only the {what}")
             return None
         except OSError as e:
-            c.add(_join(path, key), f"cannot read password file {_show(cand)}: {e.strerror}; check its permissions")
+            c.add(path, f"cannot read {what} file {_show(cand)}: {e.strerror}; check its permissions")
             return None
-        except UnicodeDecodeError:
-            c.add(_join(path, key), f"password file {_show(cand)} is not UTF-8 text; write the password as UTF-8")
-            return None
-        if "\r" in text:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        secret = text.rstrip("\r\n")
-        if not secret:
-            c.add(_join(path, key), f"password file {_show(cand)} is empty")
-            return None
-        return Secret(secret)
     tried = ", ".join(_show(x) for x in dict.fromkeys(candidates))
-    c.add(_join(path, key), f"password file not found (tried {tried}): create it or fix the path")
+    c.add(path, f"{what} file not found (tried {tried}): create it or fix the path")
     return None
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]", "localhost")
+
+
+def _url(c: _Collector, raw: Any, path: str) -> str | None:
+    """An endpoint address: https, or plain http on loopback only (tokens travel in it)."""
+    if not isinstance(raw, str) or not raw:
+        c.add(path, "must be an https:// address")
+        return None
+    scheme, sep, rest = raw.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    if not sep or not hostname or scheme.lower() not in ("https", "http"):
+        c.add(path, f"must be an https:// address, got {_show(raw)}")
+        return None
+    if scheme.lower() == "http" and hostname.lower() not in _LOOPBACK_HOSTS:
+        c.add(path, f"must use https (tokens travel over it); plain http is for loopback only, got {_show(raw)}")
+        return None
+    return raw
+
+
+def _service_key(c: _Collector, t: dict[str, Any], path: str, base: Path,
+                 creds: _CredentialFolder) -> tuple[ServiceKey, str | None] | None:
+    """A Google service-account JSON key, and the client id it names."""
+    raw = t.get("key_file")
+    kpath = _join(path, "key_file")
+    if not isinstance(raw, str) or not raw:
+        c.add(kpath, "is required for grant = service_account: the service account's JSON key file")
+        return None
+    found = _read_credential(c, raw, kpath, base, creds, "key", KEY_FILE_MAX)
+    if found is None:
+        return None
+    data, file = found
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        c.add(kpath, f"key file {_show(file)} is not JSON: download the service account's key as JSON")
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != "service_account":
+        c.add(kpath, f"key file {_show(file)} is not a service-account key (\"type\": \"service_account\")")
+        return None
+    missing = [k for k in ("client_email", "private_key") if not isinstance(doc.get(k), str) or not doc[k]]
+    if missing:
+        c.add(kpath, f"key file {_show(file)} lacks {' and '.join(missing)}: download a new JSON key")
+        return None
+    if "PRIVATE KEY-----" not in doc["private_key"]:
+        c.add(kpath, f"key file {_show(file)}: private_key is not a PEM private key")
+        return None
+    kid = doc.get("private_key_id")
+    uri = doc.get("token_uri")
+    cid = doc.get("client_id")
+    return (ServiceKey(client_email=doc["client_email"], private_key=Secret(doc["private_key"]),
+                       private_key_id=kid if isinstance(kid, str) and kid else None,
+                       token_uri=uri if isinstance(uri, str) and uri else None),
+            cid if isinstance(cid, str) and cid else None)
+
+
+def _oauth_client(c: _Collector, name: str, t: dict[str, Any], path: str, base: Path,
+                  env: Mapping[str, str], creds: _CredentialFolder) -> OAuthClient | None:
+    c.unknown_keys(t, _OAUTH_KEYS, path)
+    provider = t.get("provider")
+    if provider not in OAUTH_PROVIDERS:
+        c.add(_join(path, "provider"), f"must be one of {', '.join(OAUTH_PROVIDERS)}, got {provider!r}")
+        return None
+    grant = t.get("grant", "refresh_token")
+    if grant not in OAUTH_GRANTS:
+        c.add(_join(path, "grant"), f"must be one of {', '.join(OAUTH_GRANTS)}, got {grant!r}")
+        return None
+    ok = True
+    if grant not in PROVIDER_GRANTS[provider]:
+        c.add(_join(path, "grant"), f"the {provider} provider offers no {grant} grant for mail: "
+                                    f"use {' or '.join(PROVIDER_GRANTS[provider])}")
+        ok = False
+    tenant: str | None = None
+    if provider == "microsoft":
+        tenant = _str(c, t.get("tenant", "common"), _join(path, "tenant"))
+        if tenant is None or not re.fullmatch(r"[A-Za-z0-9.-]+", tenant):
+            if tenant is not None:
+                c.add(_join(path, "tenant"), f"must be a tenant id or domain like contoso.onmicrosoft.com, got {_show(tenant)}")
+            ok = False
+        elif grant == "client_credentials" and tenant.lower() in MICROSOFT_SHARED_TENANTS:
+            c.add(_join(path, "tenant"), "client_credentials needs the tenant itself (its id or "
+                                         f'domain, e.g. "contoso.onmicrosoft.com"), not {tenant!r}')
+            ok = False
+    elif "tenant" in t:
+        c.add(_join(path, "tenant"), "is for provider = \"microsoft\" only: remove it")
+        ok = False
+    secret = _resolve_password(c, t, path, base, env, creds, name="client_secret")
+    if any(k in t for k in ("client_secret_file", "client_secret_env", "client_secret")) and secret is None:
+        ok = False
+    key: ServiceKey | None = None
+    key_client_id: str | None = None
+    if grant == "service_account":
+        found = _service_key(c, t, path, base, creds)
+        if found is None:
+            ok = False
+        else:
+            key, key_client_id = found
+    elif "key_file" in t:
+        c.add(_join(path, "key_file"), "is for grant = \"service_account\" only: remove it")
+        ok = False
+    if grant == "client_credentials" and secret is None and ok:
+        c.add(path, "grant = \"client_credentials\" needs the client secret: set client_secret_file")
+        ok = False
+    client_id = t.get("client_id", key_client_id)
+    if not isinstance(client_id, str) or not client_id:
+        c.add(_join(path, "client_id"), "is required: the OAuth client's id from the provider's console")
+        ok = False
+    urls: dict[str, str | None] = {"token_url": None, "device_authorization_url": None,
+                                   "authorization_url": None}
+    if provider == "google":
+        urls.update(token_url=GOOGLE_TOKEN_URL, authorization_url=GOOGLE_AUTHORIZATION_URL)
+    elif provider == "microsoft" and tenant is not None:
+        ms = f"{MICROSOFT_LOGIN}/{tenant}/oauth2/v2.0"
+        urls.update(token_url=f"{ms}/token", device_authorization_url=f"{ms}/devicecode",
+                    authorization_url=f"{ms}/authorize")
+    if key is not None and key.token_uri:
+        urls["token_url"] = key.token_uri  # the table's token_url, below, overrides it
+    for k in urls:
+        if k in t:
+            value = _url(c, t[k], _join(path, k))
+            ok = ok and value is not None
+            urls[k] = value
+    if urls["token_url"] is None and ok:
+        c.add(_join(path, "token_url"), "is required for provider = \"generic\": the token endpoint's address")
+        ok = False
+    if "scopes" in t:
+        raw = t["scopes"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) and x and " " not in x for x in raw):
+            c.add(_join(path, "scopes"), 'must be a list of scope strings like ["https://mail.google.com/"]')
+            ok = False
+            scopes: tuple[str, ...] = ()
+        else:
+            scopes = tuple(raw)
+    elif provider == "google":
+        scopes = GOOGLE_SCOPES
+    elif provider == "microsoft":
+        scopes = MICROSOFT_APP_SCOPES if grant == "client_credentials" else MICROSOFT_DELEGATED_SCOPES
+    else:
+        scopes = ()
+    timeout = _dur(c, t.get("timeout", "20s"), _join(path, "timeout"), positive=True)
+    if not ok or timeout is None or urls["token_url"] is None or not isinstance(client_id, str):
+        return None
+    return OAuthClient(name=name, provider=provider, grant=grant, client_id=client_id,
+                       client_secret=secret, token_url=urls["token_url"],
+                       device_authorization_url=urls["device_authorization_url"],
+                       authorization_url=urls["authorization_url"], scopes=scopes,
+                       tenant=tenant, key=key, timeout=timeout)
+
+
+def _oauth_clients(c: _Collector, raw: Any, base: Path, env: Mapping[str, str],
+                   creds: _CredentialFolder) -> tuple[dict[str, OAuthClient], set[str]]:
+    """The ``[oauth.NAME]`` clients that are valid, and the names of every one given
+    (an account naming a broken client is not reported a second time)."""
+    table = _table(c, raw, "oauth")
+    clients: dict[str, OAuthClient] = {}
+    for name, spec in table.items():
+        path = f"oauth.{_key(name)}"
+        if not isinstance(spec, dict):
+            c.add(path, 'must be a table: [oauth.NAME] with provider = "google" | "microsoft" | "generic"')
+            continue
+        client = _oauth_client(c, name, spec, path, base, env, creds)
+        if client is not None:
+            clients[name] = client
+    return clients, set(table)
+
+
+def _server_auth(c: _Collector, srv: dict[str, Any], path: str,
+                 clients: tuple[dict[str, OAuthClient], set[str]] | None) -> tuple[str, str | None] | None:
+    auth = srv.get("auth", "password")
+    if auth not in AUTH_METHODS:
+        c.add(_join(path, "auth"), f"must be one of {', '.join(AUTH_METHODS)}, got {auth!r}")
+        return None
+    name = srv.get("oauth")
+    if auth == "password":
+        if name is not None:
+            c.add(_join(path, "oauth"), 'names an OAuth client but auth is "password": set auth = "oauth"')
+            return None
+        return auth, None
+    if name is None:
+        c.add(path, 'auth = "oauth" needs oauth = "NAME", the [oauth.NAME] client to use')
+        return None
+    valid, given = clients or ({}, set())
+    if not isinstance(name, str) or name not in given:
+        known = ", ".join(sorted(given)) or "none is configured"
+        c.add(_join(path, "oauth"), f"names no [oauth] client: {_show(name)} (known: {known})")
+        return None
+    for k in ("password_file", "password_env", "password"):
+        if k in srv:
+            c.add(_join(path, k), 'an auth = "oauth" server takes no password: remove it')
+            return None
+    if name not in valid:
+        return None  # its table's problems are reported under oauth.NAME
+    return auth, name
+
+
 def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, str], *,
-            imap: bool, email: str, creds: _CredentialFolder | None = None) -> Server | None:
+            imap: bool, email: str, creds: _CredentialFolder | None = None,
+            clients: tuple[dict[str, OAuthClient], set[str]] | None = None) -> Server | None:
     srv = _table(c, raw, path)
     if not srv:
         return None
@@ -678,7 +955,8 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
         username = None
     if creds is None:
         creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
-    password = _resolve_password(c, srv, path, base, env, creds)
+    auth = _server_auth(c, srv, path, clients)
+    password = _resolve_password(c, srv, path, base, env, creds) if auth and auth[0] == "password" else None
     timeout = _dur(c, srv.get("timeout", "30s"), _join(path, "timeout"), positive=True)
     junk = srv.get("junk_folder", "")
     if not isinstance(junk, str):
@@ -701,11 +979,11 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
                                               "give a readable PEM file")
                 ca_file = None
     if host is None or security is None or port is None or username is None \
-            or timeout is None or poll is None:
+            or timeout is None or poll is None or auth is None:
         return None
     return Server(host=host, port=port, security=security, username=username,
                   password=password, timeout=timeout, junk_folder=junk, poll=poll,
-                  ca_file=ca_file)
+                  ca_file=ca_file, auth=auth[0], oauth=auth[1])
 
 
 @contextlib.contextmanager
@@ -1089,6 +1367,9 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         where = " (daemon.include matched no file)" if "include" in d and not include_files else ""
         c.add("accounts", f"no accounts configured{where}: add at least two [[accounts]] entries")
 
+    creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
+    clients = _oauth_clients(c, data.get("oauth", {}), base, env, creds)
+
     emails: dict[str, str] = {}  # lower-cased email -> where it was first seen
     accounts: list[Account] = []
     account_paths: list[str] = []
@@ -1096,7 +1377,6 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     engagement_cache: dict[str, Engagement | None] = {}
     schedules: _Memo[Schedule] = _Memo()  # by the account's own _SCHEDULE_KEYS values
     engagements: _Memo[Engagement] = _Memo()  # by the merged engagement table
-    creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
     for i, (path_i, acc_raw) in enumerate(entries):
         if not isinstance(acc_raw, dict):
             c.add(path_i, "must be a table")
@@ -1154,13 +1434,13 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         smtp = None
         if "smtp" in acc_raw:
             smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "",
-                           creds=creds)
+                           creds=creds, clients=clients)
         else:
             c.add(f"{path_i}.smtp", "is required: { host = ..., port = ..., security = ..., username = ..., password_file = ... }")
         imap = None
         if "imap" in acc_raw:
             imap = _server(c, acc_raw["imap"], f"{path_i}.imap", base, env, imap=True, email=email or "",
-                           creds=creds)
+                           creds=creds, clients=clients)
         extras_raw = merged.get("extra_recipients", [])
         extras: list[str] = []
         xpath = f"{path_i if 'extra_recipients' in acc_raw else 'defaults'}.extra_recipients"
@@ -1212,7 +1492,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
                             retention=retention, log_format=log_format,
                             log_level=log_level.lower(), max_concurrent_sends=mcs,
                             shutdown_timeout=stop_to, store_stall_limit=stall)
-    return Config(path=path, daemon=daemon, accounts=tuple(accounts))
+    return Config(path=path, daemon=daemon, accounts=tuple(accounts), oauth=clients[0])
 
 
 def read_socket_path(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Path:

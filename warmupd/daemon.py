@@ -40,6 +40,7 @@ from .config import EX_CONFIG, Account, Config, ConfigError, load_config
 from .firing import Clock, Firing
 from .logs import configure_logging, get_logger, register_secret
 from .metrics import Metrics
+from .oauth import OAUTH_MISSING, Tokens
 from .planning import Planning
 from .store import FULL_CHECK_MAX, AccountState, Health, Store, StoreError
 from .timers import SEND
@@ -79,6 +80,7 @@ class Daemon:
         self.planning: Planning | None = None
         self.firing: Firing | None = None
         self.engagement: Any = None  # imap.Engagement when any account has imap
+        self.tokens: Tokens | None = None  # OAuth access tokens (oauth.py)
         self.commands = Commands(self)
         self.control: Any = None
         self.ready = False
@@ -166,9 +168,10 @@ class Daemon:
         except StoreError as e:
             raise DaemonError(EX_CANTCREAT, str(e)) from None
         self.store.on_health = self._on_store_health
+        self.tokens = Tokens(self.store, refused=self._pause_for, now=self.clock.now, rng=self.rng)
         self.firing = Firing(config=lambda: self.config, store=self.store, clock=self.clock, rng=self.rng,
                              metrics=self.metrics, paused=self._paused, pause=self._pause_for,
-                             spawn=self.spawn, retry_base=self.retry_base)
+                             spawn=self.spawn, retry_base=self.retry_base, token=self.tokens.token)
         self.planning = Planning(config=lambda: self.config, store=self.store, clock=self.clock, rng=self.rng,
                                  timers=self.firing, spawn=self.spawn)
         try:
@@ -218,6 +221,7 @@ class Daemon:
     async def _recover_and_plan(self) -> None:
         assert self.planning is not None and self.firing is not None
         await self.planning.load()
+        await self._configure_tokens(self.config)
         await self.firing.recover()
         await self.planning.plan_missing(background=True)
         if any(a.imap is not None for a in self.config.accounts):
@@ -257,6 +261,20 @@ class Daemon:
             self.control = None
             raise DaemonError(EX_CANTCREAT, f"cannot open the control socket "
                                             f"{self.config.daemon.socket}: {e}") from None
+
+    async def _configure_tokens(self, config: Config) -> None:
+        """OAuth tokens for ``config``'s accounts: an account without a stored refresh
+        token is paused with the command that fixes it; one paused only for that, whose
+        token has been stored since, is resumed."""
+        assert self.tokens is not None and self.planning is not None
+        missing = await self.tokens.configure(config)
+        for account in config.accounts:
+            reason = self.planning.paused_reason(account.email)
+            if account.email in missing:
+                if reason != missing[account.email]:
+                    await self.planning.pause(account.email, missing[account.email])
+            elif reason is not None and reason.startswith(OAUTH_MISSING):
+                await self.planning.resume(account.email)
 
     def _paused(self, email: str) -> str | None:
         return self.planning.paused_reason(email) if self.planning is not None else None
@@ -374,6 +392,7 @@ class Daemon:
         diff = await asyncio.to_thread(diff_accounts, old, new)  # 100,000 comparisons: off the loop
         self.config = new
         planning.set_pool([a.email for a in new.accounts])
+        await self._configure_tokens(new)
         if new.daemon.max_concurrent_sends != old.daemon.max_concurrent_sends:
             firing.set_concurrency(new.daemon.max_concurrent_sends)
         for email in diff.removed:
@@ -441,6 +460,8 @@ class Daemon:
                 await asyncio.wait(pending, timeout=5)
         if self.engagement is not None:
             await self.engagement.stop()
+        if self.tokens is not None:
+            await self.tokens.close()
         if self.control is not None:
             await self.control.close()
         if self.store is not None:
@@ -516,6 +537,10 @@ class _EngagementHost:
 
     async def pause(self, email: str, reason: str) -> None:
         await self._planning.pause(email, reason)
+
+    async def token(self, email: str, rejected: str | None = None) -> str:
+        assert self._d.tokens is not None
+        return await self._d.tokens.token(email, rejected)
 
 
 def _install_loop() -> None:

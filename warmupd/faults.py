@@ -26,6 +26,7 @@ STEPS = (
     "planning.rollover",         # a rollover has started, before its store work
     "daemon.reload",             # a reload has parsed the new config, before applying it
     "imap.action",               # an engagement action was done on the server, not yet committed
+    "oauth.after_rotation",      # a rotated refresh token is committed, its access token not yet used
 )
 
 

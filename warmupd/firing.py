@@ -26,6 +26,7 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import date
+from functools import partial
 from typing import Any, Protocol
 
 from . import faults
@@ -65,8 +66,10 @@ class Firing:
 
     def __init__(self, *, config: Callable[[], Config], store: Store, clock: Clock, rng: random.Random,
                  metrics: Metrics, paused: Callable[[str], str | None],
-                 pause: Callable[[str, str], Awaitable[Any]], spawn: Spawn, retry_base: float) -> None:
+                 pause: Callable[[str, str], Awaitable[Any]], spawn: Spawn, retry_base: float,
+                 token: Callable[[str, str | None], Awaitable[str]] | None = None) -> None:
         self._config = config
+        self._token = token  # an OAuth account's access token (oauth.Tokens.token)
         self.store = store
         self.clock = clock
         self.rng = rng
@@ -259,8 +262,10 @@ class Firing:
         async with self._sem:
             # Never later than the grace after the planned instant (or its retry time).
             latest = max(row.at_ms, due_ms) / 1000 + self._config().daemon.grace
+            tokens = (partial(self._token, account.email)
+                      if self._token is not None and account.smtp.auth == "oauth" else None)
             result = await deliver(account.smtp, account.email, row.recipient, message, at=instant,
-                                   on_data_mark=data_mark, now=self.now, latest=latest)
+                                   on_data_mark=data_mark, now=self.now, latest=latest, tokens=tokens)
         if result.mail_from_at is not None:
             self.metrics.observe_lateness(max(0.0, result.mail_from_at - instant))
         if result.outcome is Outcome.SENT:

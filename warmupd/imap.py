@@ -51,6 +51,7 @@ from . import faults
 from .calendar import day_bounds, is_sending_day, iso_utc, local_date, window_spans
 from .config import Account, Server
 from .logs import get_logger
+from .oauth import TokenError
 from .planner import PlannedSend, day_target
 from .smtp import build_message
 from .store import AccountState, ActionRow, SendRow, Store
@@ -390,11 +391,14 @@ class Watcher:
         await self._cmd(client.wait_hello_from_server())
         if srv.security == "starttls":
             await self._starttls(client)
-        password = srv.password.reveal() if srv.password is not None else ""
-        resp = await self._cmd(client.login(srv.username, password))
-        if resp.result != "OK":
-            text = b" ".join(bytes(x) for x in resp.lines).decode(errors="replace")
-            raise ConnectionLost(f"login as {srv.username} refused: {text}")
+        if srv.auth == "oauth":
+            await self._oauth_login(client)
+        else:
+            password = srv.password.reveal() if srv.password is not None else ""
+            resp = await self._cmd(client.login(srv.username, password))
+            if resp.result != "OK":
+                text = b" ".join(bytes(x) for x in resp.lines).decode(errors="replace")
+                raise ConnectionLost(f"login as {srv.username} refused: {text}")
         self.caps = {c.upper() for c in client.protocol.capabilities}
         await self._find_folders()
         self.connected = True
@@ -402,6 +406,24 @@ class Watcher:
         self.connects += 1
         self.log.info("imap connected", host=srv.host, port=srv.port, idle="IDLE" in self.caps,
                       junk=self.folders.junk, archive=self.folders.archive, connects=self.connects)
+
+    async def _oauth_login(self, client: aioimaplib.IMAP4) -> None:
+        """AUTHENTICATE XOAUTH2 (aioimaplib's) with the account's access token; a
+        rejected token is replaced once and tried again at once. Every connection
+        asks for the token anew, so a reconnect never reuses an expired one."""
+        srv = self.server
+        try:
+            token = await self.eng.host.token(self.account.email, None)
+            for attempt in (1, 2):
+                resp = await self._cmd(client.xoauth2(srv.username, token))
+                if resp.result == "OK":
+                    return
+                if attempt == 1:
+                    token = await self.eng.host.token(self.account.email, token)
+        except TokenError as e:
+            raise ConnectionLost(str(e)) from None
+        text = b" ".join(bytes(x) for x in resp.lines).decode(errors="replace")
+        raise ConnectionLost(f"XOAUTH2 login as {srv.username} refused twice: {text}")
 
     async def _starttls(self, client: aioimaplib.IMAP4) -> None:
         proto = client.protocol
@@ -654,6 +676,7 @@ class EngagementHost(Protocol):
     def schedule(self, due_ms: int, ident: int, kind: int = ...) -> None: ...
     def cancel(self, ident: int, kind: int = ...) -> None: ...
     async def pause(self, email: str, reason: str) -> None: ...
+    async def token(self, email: str, rejected: str | None) -> str: ...
 
 
 class Engagement:

@@ -70,12 +70,19 @@ class _SecretIndex:
         # piece -> (offset of the piece in a secret, that secret's length), distinct pairs
         self._pieces: dict[str, tuple[tuple[int, int], ...]] = {}
         self._one: dict[tuple[int, int], tuple[tuple[int, int]]] = {}
+        # How many secrets give each (piece, offset, length), and have each length: a
+        # forgotten secret (an expired access token) removes only what no other needs.
+        self._refs: dict[tuple[str, int, int], int] = {}
+        self._lengths: dict[int, int] = {}
         self._short: tuple[int, ...] = ()  # lengths below _LONG that some secret has
         self._shortest = 0  # 0: no secret yet
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return self._shortest > 0
+
+    def __len__(self) -> int:
+        return len(self._all)
 
     def add(self, value: str) -> None:
         if not value:
@@ -86,9 +93,14 @@ class _SecretIndex:
                 return
             self._all.add(value)  # first: a piece found must find its secret in the set
             if n >= _LONG:
-                pieces = self._pieces
+                pieces, refs = self._pieces, self._refs
                 for offset in range(_STRIDE):
                     piece = value[offset:offset + _GRAM]
+                    ref = (piece, offset, n)
+                    count = refs.get(ref, 0)
+                    refs[ref] = count + 1
+                    if count:
+                        continue
                     entries = pieces.get(piece)
                     if entries is None:
                         # Most pieces belong to one secret: share that one-entry tuple.
@@ -98,8 +110,42 @@ class _SecretIndex:
                         pieces[piece] = (*entries, (offset, n))
             elif n not in self._short:
                 self._short = (*self._short, n)
+            self._lengths[n] = self._lengths.get(n, 0) + 1
             if not self._shortest or n < self._shortest:
                 self._shortest = n
+
+    def discard(self, value: str) -> None:
+        """Stop redacting ``value`` (a secret that no longer exists, e.g. an expired token);
+        the cost is constant, as for ``add``."""
+        n = len(value)
+        with self._lock:
+            if value not in self._all:
+                return
+            if n >= _LONG:
+                pieces, refs = self._pieces, self._refs
+                for offset in range(_STRIDE):
+                    piece = value[offset:offset + _GRAM]
+                    ref = (piece, offset, n)
+                    count = refs[ref] - 1
+                    if count:
+                        refs[ref] = count
+                        continue
+                    del refs[ref]
+                    rest = tuple(e for e in pieces[piece] if e != (offset, n))
+                    if rest:
+                        pieces[piece] = rest
+                    else:
+                        del pieces[piece]
+            left = self._lengths[n] - 1
+            if left:
+                self._lengths[n] = left
+            else:
+                del self._lengths[n]
+                if n < _LONG:
+                    self._short = tuple(x for x in self._short if x != n)
+                if n == self._shortest:
+                    self._shortest = min(self._lengths, default=0)
+            self._all.discard(value)  # last: readers find no piece without its secret
 
     def redact(self, text: str) -> str:
         shortest = self._shortest
@@ -146,6 +192,12 @@ _secrets = _SecretIndex()
 def register_secret(value: str) -> None:
     """Make every later log line replace *value* with ``***`` (empty strings are ignored)."""
     _secrets.add(value)
+
+
+def forget_secret(value: str) -> None:
+    """Undo ``register_secret`` for a secret that is gone (an expired access token), so
+    that short-lived secrets do not pile up for the life of the process."""
+    _secrets.discard(value)
 
 
 def _redact(value: Any, index: _SecretIndex) -> Any:

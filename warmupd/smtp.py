@@ -9,6 +9,10 @@ Outcome rules (the state machine in daemon.py acts on them):
 * no reply yet, or a 4xx reply, a refused/reset connection or a timeout
   before the DATA mark: the message cannot have been delivered -> RETRY;
 * a 5xx reply at any step -> FAILED (535 at AUTH also pauses the account);
+* ``auth = "oauth"``: AUTH XOAUTH2 (OAUTHBEARER where only that is offered) with the
+  current access token; a rejected token is refreshed once and tried again at once,
+  a second rejection is a 535 as above; no token to be had -> RETRY (the token
+  endpoint is down) or FAILED (the grant was refused; oauth.py pauses the account);
 * a 4xx/5xx reply to the end of DATA: the server answered, so it did not
   take the message -> RETRY / FAILED;
 * a timeout or a dropped connection after the DATA mark: the server may
@@ -33,7 +37,11 @@ import aiosmtplib
 
 from .calendar import zone
 from .config import Account, Server
+from .oauth import TokenError, oauthbearer, xoauth2
 from .templates import compose
+
+# Gives a valid access token; called again with the token the server rejected.
+TokenSource = Callable[[str | None], Awaitable[str]]
 
 
 class Outcome(enum.Enum):
@@ -139,13 +147,52 @@ async def _sleep_until(at: float, now: Callable[[], float]) -> None:
         await asyncio.sleep(delay if delay > 0.002 else 0.0005)
 
 
+async def _oauth_login(client: aiosmtplib.SMTP, server: Server, token: str,
+                       tokens: TokenSource) -> None:
+    """AUTH with an access token; a rejected token is replaced once (raises
+    SMTPAuthenticationError on a second rejection, TokenError without a token)."""
+    methods = {m.lower() for m in client.server_auth_methods}
+    if "xoauth2" in methods:
+        mech = b"XOAUTH2"
+    elif "oauthbearer" in methods:
+        mech = b"OAUTHBEARER"
+    else:
+        offered = " ".join(sorted(methods)).upper() or "no AUTH"
+        raise aiosmtplib.SMTPAuthenticationError(
+            535, f"{server.host} offers neither XOAUTH2 nor OAUTHBEARER (it offers {offered}): "
+                 'set auth = "password" or use the provider\'s OAuth SMTP host')
+    for attempt in (1, 2):
+        initial = (xoauth2(server.username, token) if mech == b"XOAUTH2"
+                   else oauthbearer(server.username, token, server.host, server.port))
+        resp = await client.execute_command(b"AUTH", mech, initial.encode("ascii"))
+        if resp.code == 334:
+            # The rejection comes as a challenge with a JSON error; an empty line ends it.
+            resp = await client.execute_command(b"")
+        if resp.code == 235:
+            return
+        if not (500 <= resp.code < 600) or attempt == 2:
+            raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
+        token = await tokens(token)
+
+
 async def deliver(server: Server, sender: str, recipient: str, message: bytes, *, at: float,
                   on_data_mark: Callable[[], Awaitable[None]],
                   now: Callable[[], float] = time.time,
-                  tls_context: ssl.SSLContext | None = None, latest: float | None = None) -> Result:
+                  tls_context: ssl.SSLContext | None = None, latest: float | None = None,
+                  tokens: TokenSource | None = None) -> Result:
     """One SMTP transaction; MAIL FROM at ``at``, and not after ``latest``: a session
     that becomes ready only later (a slow server, the process stopped meanwhile) is
-    closed without sending (``Outcome.MISSED``). Never raises for mail errors."""
+    closed without sending (``Outcome.MISSED``). ``tokens`` serves ``auth = "oauth"``
+    servers. Never raises for mail errors."""
+    token: str | None = None
+    if server.auth == "oauth":
+        if tokens is None:
+            return Result(Outcome.FAILED, "OAuth server but no token source (a wiring bug)")
+        try:
+            # Refreshed in the background ahead of expiry: normally no wait at all.
+            token = await tokens(None)
+        except TokenError as e:
+            return Result(Outcome.FAILED if e.refused else Outcome.RETRY, str(e))
     client = aiosmtplib.SMTP(
         hostname=server.host, port=server.port, timeout=server.timeout,
         use_tls=server.security == "tls",
@@ -156,7 +203,9 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
     mail_from_at: float | None = None
     try:
         await client.connect()
-        if server.password is not None:
+        if token is not None and tokens is not None:
+            await _oauth_login(client, server, token, tokens)
+        elif server.password is not None:
             await client.login(server.username, server.password.reveal())
         await _sleep_until(at, now)
         mail_from_at = now()
@@ -195,6 +244,9 @@ async def deliver(server: Server, sender: str, recipient: str, message: bytes, *
         if marked:
             return Result(Outcome.UNCERTAIN, f"after DATA: {what}", mail_from_at=mail_from_at)
         return Result(Outcome.RETRY, what, mail_from_at=mail_from_at)
+    except TokenError as e:  # a rejected token, and no other to be had
+        client.close()
+        return Result(Outcome.FAILED if e.refused else Outcome.RETRY, str(e), mail_from_at=mail_from_at)
     except asyncio.CancelledError:
         client.close()
         raise

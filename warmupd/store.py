@@ -60,6 +60,20 @@ STATUSES = ("pending", "sending", "sent", "failed", "skipped", "uncertain")
 FINISHED = ("sent", "failed", "skipped", "uncertain")
 
 
+def _owner_only(path: Path) -> None:
+    """The database holds OAuth refresh tokens: readable by the daemon's user alone.
+    SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return  # opening the database reports the problem with its advice
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class StoreError(Exception):
     """The database cannot be used; the message says why and what to do."""
 
@@ -201,6 +215,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sends_due ON sends(at_ms) WHERE status='pending' AND retry_at_ms IS NULL;
     CREATE INDEX sends_retry ON sends(retry_at_ms) WHERE status='pending' AND retry_at_ms IS NOT NULL;
     CREATE INDEX sends_sending ON sends(id) WHERE status='sending';
+    """,
+    # 5: OAuth refresh tokens (oauth.py), one per account and client; never in the config.
+    # A rotated token replaces the old one in one transaction: the old is gone only once
+    # the new is durable.
+    """
+    CREATE TABLE oauth_tokens (
+        account       TEXT NOT NULL,
+        client        TEXT NOT NULL,
+        refresh_token TEXT NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        PRIMARY KEY (account, client)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -509,6 +535,7 @@ class Store:
     async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         version = check_file(path)
+        _owner_only(path)
         base = [f"PRAGMA busy_timeout={cls.BUSY_TIMEOUT_MS}"]
         writer, hot, cold = _Thread("store-writer"), _Thread("store-hot"), _Thread("store-cold")
         opened: list[_Thread] = []
@@ -1420,6 +1447,41 @@ class Store:
                 out["replied"], out["bounced"], out["sends"] = int(r[0]), int(r[1]), int(r[2])
             return out
         return await self.read(q)
+
+    # ------------------------------------------------------------ OAuth (oauth.py)
+
+    async def refresh_tokens(self) -> dict[tuple[str, str], str]:
+        """Every stored refresh token by (account, client)."""
+        def q(con: sqlite3.Connection) -> dict[tuple[str, str], str]:
+            return {(r[0], r[1]): r[2] for r in con.execute(
+                "SELECT account, client, refresh_token FROM oauth_tokens")}
+        return await self.read(q)
+
+    async def refresh_token(self, account: str, client: str) -> str | None:
+        def q(con: sqlite3.Connection) -> str | None:
+            r = con.execute("SELECT refresh_token FROM oauth_tokens WHERE account=? AND client=?",
+                            (account, client)).fetchone()
+            return str(r[0]) if r else None
+        return await self.read(q)
+
+    async def put_refresh_token(self, account: str, client: str, token: str,
+                                replaces: str | None = None) -> bool:
+        """Store ``token``; with ``replaces``, only if the stored one is still that one (a
+        token `warmupd authorize` stored meanwhile wins). True if it was written."""
+        stamp = now_ms()
+
+        def fn(con: sqlite3.Connection) -> bool:
+            if replaces is None:
+                con.execute("INSERT INTO oauth_tokens(account, client, refresh_token, updated_ms) "
+                            "VALUES (?,?,?,?) ON CONFLICT(account, client) DO UPDATE SET "
+                            "refresh_token=excluded.refresh_token, updated_ms=excluded.updated_ms",
+                            (account, client, token, stamp))
+                return True
+            cur = con.execute("UPDATE oauth_tokens SET refresh_token=?, updated_ms=? "
+                              "WHERE account=? AND client=? AND refresh_token=?",
+                              (token, stamp, account, client, replaces))
+            return cur.rowcount == 1
+        return await self.write(fn, "refresh token")
 
 
 def _keys(con: sqlite3.Connection, lo: int, hi: int) -> list[tuple[int, int, str]]:

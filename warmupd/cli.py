@@ -96,7 +96,47 @@ def cmd_check(args: argparse.Namespace) -> int:
         t1 = day_target(a, warmup_day_for(a, tmrw, stored)) if why_not_sending(a, tmrw) is None else 0
         nxt = next_sending_day(a, today)
         print(f"{a.email:<34} {a.timezone:<22} {t0:>5} {t1:>5}  {nxt.isoformat() if nxt else 'none'}")
+    _check_tokens(cfg)
     return 0
+
+
+def _check_tokens(cfg: Config) -> None:
+    """OAuth accounts whose refresh token is not stored yet, with the command that fixes
+    each (the daemon runs the others and shows these paused)."""
+    from .oauth import authorize_command, client_of
+    from .store import stored_token_keys
+
+    wanting = [(a, c) for a in cfg.accounts if (c := client_of(a, cfg)) is not None
+               and c.grant == "refresh_token"]
+    if not wanting:
+        return
+    stored = stored_token_keys(cfg.daemon.database) or set()
+    missing = [(a, c) for a, c in wanting if (a.email, c.name) not in stored]
+    print()
+    print(f"OAuth: {len(wanting) - len(missing)} of {len(wanting)} refresh-token account(s) authorized")
+    for a, _ in missing:
+        print(f"  {a.email}: no refresh token stored: run `{authorize_command(cfg, a.email)}`")
+
+
+def cmd_authorize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .authorize import authorize, run
+
+    cfg = _load(args.config)
+    token_file = Path(args.refresh_token_file) if args.refresh_token_file else None
+    return run(authorize(cfg, args.account, out=sys.stdout, stdin=sys.stdin, token_file=token_file,
+                         flow=args.flow))
+
+
+def cmd_import_accounts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .authorize import import_accounts, run
+
+    cfg = _load(args.config)
+    out = Path(args.out) if args.out else cfg.path.parent / "accounts.d" / f"{Path(args.csv).stem}.toml"
+    return run(import_accounts(cfg, Path(args.csv), out, force=args.force))
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -175,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, help="a seed for a reproducible draw")
     pre.add_argument("--json", action="store_true", help="print a JSON array")
     pre.set_defaults(func=cmd_preview)
+    auth = sub.add_parser("authorize", help="store an OAuth refresh token for one account (consent once)")
+    auth.add_argument("--config", default="config.toml")
+    auth.add_argument("--account", required=True, help="the account's email")
+    auth.add_argument("--flow", choices=("device", "browser"),
+                      help="device code (default where the client has a device_authorization_url) "
+                           "or browser (authorization code + PKCE, loopback redirect)")
+    auth.add_argument("--refresh-token-file", metavar="FILE",
+                      help="import a refresh token obtained elsewhere instead of asking")
+    auth.set_defaults(func=cmd_authorize)
+    imp = sub.add_parser("import-accounts", help="onboard OAuth mailboxes from a CSV file "
+                         "(email,provider,client,refresh_token[,smtp_host,...])")
+    imp.add_argument("csv", help="the CSV file")
+    imp.add_argument("--config", default="config.toml")
+    imp.add_argument("--out", help="the accounts file to write (default accounts.d/<csv name>.toml)")
+    imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    imp.set_defaults(func=cmd_import_accounts)
     return p
 
 

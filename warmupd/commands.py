@@ -36,6 +36,12 @@ class EngagementView(Protocol):
     def metrics_lines(self) -> list[str]: ...
 
 
+class TokenView(Protocol):
+    """What the commands read of OAuth tokens (oauth.Tokens): never a token itself."""
+
+    def info(self, email: str) -> dict[str, Any] | None: ...
+
+
 class DaemonView(Protocol):
     """The parts of the daemon the commands read (daemon.Daemon)."""
 
@@ -49,6 +55,8 @@ class DaemonView(Protocol):
     def firing(self) -> Firing | None: ...
     @property
     def engagement(self) -> EngagementView | None: ...
+    @property
+    def tokens(self) -> TokenView | None: ...
     metrics: Metrics
     ready: bool
     last_reload_error: str | None
@@ -261,7 +269,12 @@ class Commands:
                 "hold": ({"until": st.hold_until, "reason": st.hold_reason}
                          if st and st.hold_until and st.hold_until > day.isoformat() else None),
                 "imap": a.imap is not None,
+                "auth": "oauth" if any(srv is not None and srv.auth == "oauth"
+                                       for srv in (a.smtp, a.imap)) else "password",
             }
+            if item["auth"] == "oauth":
+                info = self.d.tokens.info(a.email) if self.d.tokens is not None else None
+                item.update(info or {"token_expires_at": None, "last_token_error": None})
             if self.d.engagement is not None and a.imap is not None:
                 item["engagement_today"] = self.d.engagement.today(a.email)
             out.append(item)

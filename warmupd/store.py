@@ -74,6 +74,23 @@ def _owner_only(path: Path) -> None:
         os.close(fd)
 
 
+def stored_token_keys(path: Path) -> set[tuple[str, str]] | None:
+    """(account, client) of every stored refresh token, read-only, for `warmupd check`;
+    None without a usable database of this version."""
+    try:
+        if not path.exists() or check_file(path) != SCHEMA_VERSION:
+            return None
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except (StoreError, sqlite3.Error):
+        return None
+    try:
+        return {(r[0], r[1]) for r in con.execute("SELECT account, client FROM oauth_tokens")}
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+
+
 class StoreError(Exception):
     """The database cannot be used; the message says why and what to do."""
 

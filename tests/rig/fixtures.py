@@ -6,6 +6,15 @@
   run ``tests/rig/ensure_packages.sh`` first.
 * ``clean_mailrig`` (function): the session ``mailrig`` with Dovecot running,
   every mailbox emptied and SMTP faults/records cleared.
+* ``oauth_server`` (session): the OAuth 2.0 authorization server
+  (``tests.rig.oauth_server.OAuthServer``, access tokens live an hour, refresh
+  tokens rotate); ``clean_oauth_server`` (function) is it running (restarted on
+  its port if a test stopped it) after ``reset()``: no clients, tokens, stats or
+  faults, the settings above again.
+* ``oauth_mailrig`` (session): a second ``MailRig`` with its own Dovecot whose IMAP
+  and SMTP front take XOAUTH2/OAUTHBEARER tokens, checked at ``oauth_server``'s
+  introspection URL (same skip/fail rules as ``mailrig``); ``clean_oauth_mailrig``
+  (function) is it cleaned as ``clean_mailrig`` is, with ``oauth_server`` reset.
 """
 
 from __future__ import annotations
@@ -17,12 +26,23 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .mailrig import DEFAULT_USERS, MailRig, dovecot_binary
+from .oauth_server import OAuthServer
 from .smtp_server import SMTPServer
 
 if TYPE_CHECKING:
     from tests.daemon_helpers import DaemonFactory
 
-__all__ = ["RIG_USERS", "clean_mailrig", "daemons", "mailrig", "smtp_server"]
+__all__ = [
+    "RIG_USERS",
+    "clean_mailrig",
+    "clean_oauth_mailrig",
+    "clean_oauth_server",
+    "daemons",
+    "mailrig",
+    "oauth_mailrig",
+    "oauth_server",
+    "smtp_server",
+]
 
 RIG_USERS: dict[str, str] = dict(DEFAULT_USERS)
 
@@ -52,8 +72,8 @@ def daemons() -> Iterator[DaemonFactory]:
         factory.close()
 
 
-@pytest.fixture(scope="session")
-def mailrig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRig]:
+def _need_dovecot() -> None:
+    """Skip (fail under CI) when the Dovecot rig cannot run here."""
     if dovecot_binary() is None:
         reason = "dovecot is not installed (run tests/rig/ensure_packages.sh as root)"
         if _in_ci():
@@ -64,6 +84,19 @@ def mailrig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRig]:
         if _in_ci():
             pytest.fail(f"CI=true but {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+def _clean(rig: MailRig) -> MailRig:
+    rig.ensure_imap()
+    rig.smtp.faults.reset()
+    rig.smtp.recorder.clear()
+    rig.purge()
+    return rig
+
+
+@pytest.fixture(scope="session")
+def mailrig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRig]:
+    _need_dovecot()
     rig = MailRig(tmp_path_factory.mktemp("mailrig"), users=RIG_USERS).start()
     try:
         yield rig
@@ -73,8 +106,43 @@ def mailrig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailRig]:
 
 @pytest.fixture
 def clean_mailrig(mailrig: MailRig) -> MailRig:
-    mailrig.ensure_imap()
-    mailrig.smtp.faults.reset()
-    mailrig.smtp.recorder.clear()
-    mailrig.purge()
-    return mailrig
+    return _clean(mailrig)
+
+
+@pytest.fixture(scope="session")
+def oauth_server() -> Iterator[OAuthServer]:
+    server = OAuthServer(access_ttl=3600.0, rotate_refresh_tokens=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def clean_oauth_server(oauth_server: OAuthServer) -> OAuthServer:
+    oauth_server.ensure_running()
+    oauth_server.reset()
+    return oauth_server
+
+
+@pytest.fixture(scope="session")
+def oauth_mailrig(
+    tmp_path_factory: pytest.TempPathFactory, oauth_server: OAuthServer
+) -> Iterator[MailRig]:
+    _need_dovecot()
+    rig = MailRig(
+        tmp_path_factory.mktemp("oauth_mailrig"),
+        users=RIG_USERS,
+        oauth_introspection_url=oauth_server.introspection_url,
+    ).start()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+
+
+@pytest.fixture
+def clean_oauth_mailrig(oauth_mailrig: MailRig, oauth_server: OAuthServer) -> MailRig:
+    oauth_server.ensure_running()
+    oauth_server.reset()
+    return _clean(oauth_mailrig)

@@ -75,7 +75,13 @@ __all__ = [
 
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-DEFAULT_GRANTS = ("refresh_token", DEVICE_CODE, "authorization_code", "client_credentials", JWT_BEARER)
+DEFAULT_GRANTS = (
+    "refresh_token",
+    DEVICE_CODE,
+    "authorization_code",
+    "client_credentials",
+    JWT_BEARER,
+)
 KNOWN_GRANTS = frozenset(DEFAULT_GRANTS)
 DEVICE_INTERVAL = 1
 DEVICE_EXPIRES_IN = 300
@@ -174,7 +180,9 @@ class Store:
     refresh: dict[str, RefreshToken] = field(default_factory=dict)
     codes: dict[str, AuthCode] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)  # device_code -> DeviceCredentialDict
-    device_grants: dict[str, tuple[str, bool]] = field(default_factory=dict)  # user_code -> (user, ok)
+    device_grants: dict[str, tuple[str, bool]] = field(
+        default_factory=dict
+    )  # user_code -> (user, ok)
     device_polls: dict[str, float] = field(default_factory=dict)  # device_code -> last poll
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     rotations: int = 0
@@ -213,7 +221,11 @@ class Store:
         n = 0
         with self.lock:
             for tok in [*self.refresh.values(), *self.access.values()]:
-                if tok.client_id == client_id and (tok.user or "").lower() == who and not tok.revoked:
+                if (
+                    tok.client_id == client_id
+                    and (tok.user or "").lower() == who
+                    and not tok.revoked
+                ):
                     tok.revoked = True
                     n += 1
         return n
@@ -389,7 +401,9 @@ def _build_server(app: Any, store: Store) -> Any:
         def get_verification_uri(self) -> str:
             return flask_request.host_url.rstrip("/") + "/device"
 
-        def save_device_credential(self, client_id: str, scope: str | None, data: dict[str, Any]) -> None:
+        def save_device_credential(
+            self, client_id: str, scope: str | None, data: dict[str, Any]
+        ) -> None:
             cred = DeviceCredentialDict(
                 client_id=client_id,
                 scope=scope or "",
@@ -627,7 +641,9 @@ def create_app(store: Store) -> Any:
             if body["client_id"] not in store.clients:
                 return jsonify({"error": f"no client {body['client_id']!r}: add_client first"}), 400
             value = secrets.token_urlsafe(40)
-            store.refresh[value] = RefreshToken(value, body["client_id"], body["user"], body.get("scope", ""))
+            store.refresh[value] = RefreshToken(
+                value, body["client_id"], body["user"], body.get("scope", "")
+            )
         return jsonify({"refresh_token": value})
 
     @app.post("/_rig/revoke")
@@ -676,10 +692,18 @@ def create_app(store: Store) -> Any:
 def main(argv: list[str] | None = None) -> int:
     from werkzeug.serving import make_server
 
-    p = argparse.ArgumentParser(prog="python -m tests.rig.oauth_server", description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed in the READY line)")
-    p.add_argument("--access-ttl", type=float, default=3600.0, help="access token lifetime, seconds")
-    p.add_argument("--rotate-refresh-tokens", action="store_true", help="a new refresh token on every use")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.rig.oauth_server", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--port", type=int, default=0, help="0 picks a free port (printed in the READY line)"
+    )
+    p.add_argument(
+        "--access-ttl", type=float, default=3600.0, help="access token lifetime, seconds"
+    )
+    p.add_argument(
+        "--rotate-refresh-tokens", action="store_true", help="a new refresh token on every use"
+    )
     args = p.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     store = Store(access_ttl=args.access_ttl, rotate=args.rotate_refresh_tokens)
@@ -702,7 +726,8 @@ class OAuthServer:
     A context manager too: ``with OAuthServer(access_ttl=4.0) as srv: ...``.
     ``reset()`` forgets clients, tokens, stats and faults and restores the
     ``access_ttl`` / ``rotate_refresh_tokens`` given here (``configure()`` changes
-    them until then).
+    them until then). After ``stop()``, ``start()`` comes back on the same port (a
+    mail server configured with the introspection URL keeps working).
     """
 
     def __init__(
@@ -758,6 +783,15 @@ class OAuthServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_running(self) -> None:
+        """Start the server again (on the same port) if a test stopped it."""
+        if not self.running():
+            self.stop()
+            self.start()
 
     def __enter__(self) -> OAuthServer:
         return self.start()
@@ -815,7 +849,9 @@ class OAuthServer:
         grants = tuple(grants)
         unknown = set(grants) - KNOWN_GRANTS
         if unknown:
-            raise ValueError(f"unknown grant types {sorted(unknown)}; known: {sorted(KNOWN_GRANTS)}")
+            raise ValueError(
+                f"unknown grant types {sorted(unknown)}; known: {sorted(KNOWN_GRANTS)}"
+            )
         self._call("POST", "/_rig/clients", {
             "client_id": client_id, "client_secret": client_secret, "grants": list(grants),
             "app_mailboxes": list(app_mailboxes), "jwt_issuer": jwt_issuer,
@@ -824,22 +860,29 @@ class OAuthServer:
 
     def issue_refresh_token(self, client_id: str, user: str, scope: str = "mail") -> str:
         """A refresh token for ``user``, as a past consent would have left behind."""
-        reply = self._call("POST", "/_rig/refresh_tokens", {"client_id": client_id, "user": user, "scope": scope})
+        reply = self._call(
+            "POST", "/_rig/refresh_tokens", {"client_id": client_id, "user": user, "scope": scope}
+        )
         return str(reply["refresh_token"])
 
     def revoke_user(self, client_id: str, user: str) -> int:
         """The user withdraws consent: their refresh and access tokens die. Returns how many."""
-        return int(self._call("POST", "/_rig/revoke", {"client_id": client_id, "user": user})["revoked"])
+        return int(
+            self._call("POST", "/_rig/revoke", {"client_id": client_id, "user": user})["revoked"]
+        )
 
     def approve_device(self, user_code: str, user: str, approve: bool = True) -> None:
         """What the user does on the verification page (``approve=False``: they deny)."""
         if self._http is None:
             raise RuntimeError("OAuthServer not started: call start() first")
         resp = self._http.post(
-            "/device", data={"user_code": user_code, "user": user, "approve": "yes" if approve else "no"}
+            "/device",
+            data={"user_code": user_code, "user": user, "approve": "yes" if approve else "no"},
         )
         if resp.status_code != 200:
-            raise RuntimeError(f"device approval refused: HTTP {resp.status_code}: {resp.text.strip()}")
+            raise RuntimeError(
+                f"device approval refused: HTTP {resp.status_code}: {resp.text.strip()}"
+            )
 
     def fail_token_requests(self, n: int, mode: str = "500") -> None:
         """The next ``n`` token requests answer 503 (``"500"``) or hang 60 s (``"hang"``)."""
@@ -849,11 +892,17 @@ class OAuthServer:
             raise ValueError("n must be >= 0")
         self._call("POST", "/_rig/faults", {"n": n, "mode": mode})
 
-    def configure(self, access_ttl: float | None = None, rotate_refresh_tokens: bool | None = None) -> None:
+    def configure(
+        self, access_ttl: float | None = None, rotate_refresh_tokens: bool | None = None
+    ) -> None:
         """Change the token lifetime / rotation for tokens issued from now on (until reset())."""
         if access_ttl is not None and access_ttl <= 0:
             raise ValueError("access_ttl must be > 0 seconds")
-        self._call("POST", "/_rig/config", {"access_ttl": access_ttl, "rotate_refresh_tokens": rotate_refresh_tokens})
+        self._call(
+            "POST",
+            "/_rig/config",
+            {"access_ttl": access_ttl, "rotate_refresh_tokens": rotate_refresh_tokens},
+        )
 
     def stats(self) -> dict[str, Any]:
         """``{"token_requests": [{grant_type, client_id, user, at, status}], "rotations",
@@ -870,7 +919,9 @@ class OAuthServer:
         """What the mail servers learn about ``token`` (the RFC 7662 answer)."""
         if self._http is None:
             raise RuntimeError("OAuthServer not started: call start() first")
-        resp = self._http.post("/introspect", data={"token": token, "client_id": "", "client_secret": ""})
+        resp = self._http.post(
+            "/introspect", data={"token": token, "client_id": "", "client_secret": ""}
+        )
         resp.raise_for_status()
         answer: dict[str, Any] = resp.json()
         return answer
@@ -891,9 +942,11 @@ def service_account_key(
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     srv.add_client(
         client_id,
         client_secret=None,

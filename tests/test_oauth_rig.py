@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
+import httpx2
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -31,11 +31,11 @@ CLIENT, SECRET = "warmupd", "s3cret"
 
 def post_token(
     srv: OAuthServer, auth: tuple[str, str] | None = (CLIENT, SECRET), **form: str
-) -> httpx.Response:
-    return httpx.post(srv.token_url, data=form, auth=auth, timeout=10)
+) -> httpx2.Response:
+    return httpx2.post(srv.token_url, data=form, auth=auth, timeout=10)
 
 
-def refresh(srv: OAuthServer, refresh_token: str) -> httpx.Response:
+def refresh(srv: OAuthServer, refresh_token: str) -> httpx2.Response:
     return post_token(srv, grant_type="refresh_token", refresh_token=refresh_token)
 
 
@@ -128,13 +128,13 @@ def test_access_tokens_expire(oauth: OAuthServer) -> None:
 
 
 def test_device_flow_end_to_end(oauth: OAuthServer) -> None:
-    resp = httpx.post(oauth.device_authorization_url, data={"scope": "mail"}, auth=(CLIENT, SECRET))
+    resp = httpx2.post(oauth.device_authorization_url, data={"scope": "mail"}, auth=(CLIENT, SECRET))
     assert resp.status_code == 200, resp.text
     dev = resp.json()
     assert dev["verification_uri"] == oauth.url + "/device"
     assert (dev["interval"], dev["expires_in"]) == (1, 300)
 
-    def poll() -> httpx.Response:
+    def poll() -> httpx2.Response:
         return post_token(oauth, grant_type=DEVICE_CODE, device_code=dev["device_code"])
 
     assert poll().json()["error"] == "authorization_pending"
@@ -162,7 +162,7 @@ def test_authorization_code_with_pkce(oauth: OAuthServer) -> None:
     redirect = "http://127.0.0.1:49321/callback"  # any loopback port (RFC 8252)
 
     def authorize(challenge: str) -> str:
-        resp = httpx.get(oauth.authorization_url, params={
+        resp = httpx2.get(oauth.authorization_url, params={
             "response_type": "code", "client_id": "desktop", "redirect_uri": redirect,
             "code_challenge": challenge, "code_challenge_method": "S256", "state": "st8",
             "scope": "mail", "login_hint": ALICE,
@@ -174,7 +174,7 @@ def test_authorization_code_with_pkce(oauth: OAuthServer) -> None:
         assert query["state"] == ["st8"]
         return query["code"][0]
 
-    def exchange(code: str, verifier: str) -> httpx.Response:
+    def exchange(code: str, verifier: str) -> httpx2.Response:
         return post_token(oauth, auth=None, grant_type="authorization_code", code=code,
                           redirect_uri=redirect, client_id="desktop", code_verifier=verifier)  # fmt: skip
 
@@ -188,7 +188,7 @@ def test_authorization_code_with_pkce(oauth: OAuthServer) -> None:
     assert "refresh_token" in resp.json()
     assert exchange(code, verifier).json()["error"] == "invalid_grant"  # codes are single-use
 
-    other = httpx.get(oauth.authorization_url, params={
+    other = httpx2.get(oauth.authorization_url, params={
         "response_type": "code", "client_id": "desktop", "redirect_uri": "http://evil.test/cb",
         "code_challenge": challenge, "code_challenge_method": "S256", "login_hint": ALICE,
     })  # fmt: skip
@@ -246,8 +246,8 @@ def test_token_endpoint_failure_injection(oauth: OAuthServer) -> None:
     assert [r["status"] for r in oauth.stats()["token_requests"]] == [503, 503, 200]
 
     oauth.fail_token_requests(1, mode="hang")
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(oauth.token_url, data={"grant_type": "client_credentials"},
+    with pytest.raises(httpx2.ReadTimeout):
+        httpx2.post(oauth.token_url, data={"grant_type": "client_credentials"},
                    auth=(CLIENT, SECRET), timeout=0.5)  # fmt: skip
     assert post_token(oauth, grant_type="client_credentials").status_code == 200
 

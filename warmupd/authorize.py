@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlparse
 
-import httpx
+import httpx2
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
@@ -69,10 +69,10 @@ async def device_flow(client: OAuthClient, email: str, out: TextIO,
         data["scope"] = " ".join(client.scopes)
     if client.client_secret is not None:
         data["client_secret"] = client.client_secret.reveal()
-    async with httpx.AsyncClient(timeout=client.timeout) as plain:
+    async with httpx2.AsyncClient(timeout=client.timeout) as plain:
         try:
             r = await plain.post(client.device_authorization_url, data=data)
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             raise AuthorizeError(f"cannot reach {client.device_authorization_url}: {e}") from None
     try:
         answer = r.json()
@@ -103,7 +103,7 @@ async def device_flow(client: OAuthClient, email: str, out: TextIO,
                     interval += 5
                     continue
                 raise AuthorizeError(f"the authorization server said {_refused(e)}") from None
-            except httpx.HTTPError as e:
+            except httpx2.HTTPError as e:
                 print(f"  token endpoint: {e}; trying again", file=out, flush=True)
     raise AuthorizeError("the code expired before it was approved: run the command again")
 
@@ -176,7 +176,7 @@ async def installed_app_flow(client: OAuthClient, email: str, out: TextIO,
                                                     code_verifier=verifier, state=state))
             except OAuthError as e:
                 raise AuthorizeError(f"the token endpoint said {_refused(e)}") from None
-            except httpx.HTTPError as e:
+            except httpx2.HTTPError as e:
                 raise AuthorizeError(f"cannot reach {client.token_url}: {e}") from None
     finally:
         server.shutdown()

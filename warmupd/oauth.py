@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc import jwt
@@ -357,10 +357,10 @@ class Tokens:
                 text += "; run " + " or ".join(
                     f"`{authorize_command(self._config, a)}`" for a in sorted(tok.accounts)[:1])
             raise TokenError(text, refused=refused) from None
-        except httpx.HTTPStatusError as e:
+        except httpx2.HTTPStatusError as e:
             raise TokenError(f"OAuth token endpoint of {client.name!r} answered "
                              f"{e.response.status_code}") from None
-        except (httpx.HTTPError, ValueError, OSError) as e:
+        except (httpx2.HTTPError, ValueError, OSError) as e:
             what = " ".join(str(e).split()) or type(e).__name__
             raise TokenError(f"OAuth token endpoint of {client.name!r} unreachable: {what}") from None
         access = answer.get("access_token")

@@ -151,6 +151,8 @@ async def _oauth_login(client: aiosmtplib.SMTP, server: Server, token: str,
                        tokens: TokenSource) -> None:
     """AUTH with an access token; a rejected token is replaced once (raises
     SMTPAuthenticationError on a second rejection, TokenError without a token)."""
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
     methods = {m.lower() for m in client.server_auth_methods}
     if "xoauth2" in methods:
         mech = b"XOAUTH2"

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 
 __all__ = [
     "DEFAULT_GRANTS",
@@ -745,7 +745,7 @@ class OAuthServer:
         self.port = port
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
-        self._http: httpx.Client | None = None
+        self._http: httpx2.Client | None = None
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -763,7 +763,7 @@ class OAuthServer:
             self.stop()
             raise RuntimeError(f"oauth_server subprocess did not start (got {line!r})")
         self.port = int(line.decode().split("port=")[1])
-        self._http = httpx.Client(base_url=self.url, timeout=10.0)
+        self._http = httpx2.Client(base_url=self.url, timeout=10.0)
         self._call("GET", "/_rig/ping")  # it answers: ready
         return self
 

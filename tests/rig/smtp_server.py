@@ -707,9 +707,9 @@ def parse_oauth_response(mechanism: str, blob: bytes) -> tuple[str, str] | None:
 
 def introspect_token(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:
     """The RFC 7662 answer for ``token``, posted as Dovecot does (blocking: run it in a thread)."""
-    import httpx  # here: the benchmarks' servers never need it
+    import httpx2
 
-    resp = httpx.post(
+    resp = httpx2.post(
         url, data={"token": token, "client_id": "", "client_secret": ""}, timeout=timeout
     )
     resp.raise_for_status()

@@ -375,3 +375,27 @@ def test_matches_the_rule_on_dense_random_texts() -> None:
         for _ in range(5):
             text = "".join(rng.choices("ab", k=rng.randint(0, 60)))
             assert index.redact(text) == reference_redact(text, secrets), (secrets, text)
+
+
+def test_forgotten_secrets_are_no_longer_redacted_and_others_still_are() -> None:
+    """Expired access tokens leave the index (it would grow for the life of the process):
+    each forgotten one shows again, every other one (sharing pieces or lengths) stays hidden,
+    and the index is as small as if the forgotten ones had never been added."""
+    kept = random_secrets(2_000, seed=7, lo=6, hi=60)
+    gone = random_secrets(2_000, seed=8, lo=6, hi=60)
+    shared = ["tok-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "tok-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAB"]  # same pieces
+    index = index_of(*kept, *gone, *shared)
+    for s in [*gone, shared[1]]:
+        index.discard(s)
+    index.discard("never-registered")
+    assert len(index) == len(set(kept)) + 1
+    for s in kept[::37] + shared[:1]:
+        assert index.redact(f"x {s} y") == f"x {REDACTED} y"
+    for s in [g for g in gone[::37] if all(k not in g and g not in k for k in kept)] + shared[1:]:
+        assert index.redact(f"x {s} y") == f"x {s} y"
+    fresh = index_of(*kept, shared[0])
+    text = " ".join(random_secrets(500, seed=9))
+    assert index.redact(text) == fresh.redact(text)
+    for s in list(kept) + shared[:1]:
+        index.discard(s)
+    assert not index and index.redact(text) == text

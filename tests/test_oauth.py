@@ -188,8 +188,10 @@ def test_three_oauth_accounts_send_engage_and_refresh_on_time(
         assert a["auth"] == "oauth" and a["last_token_error"] is None and a["token_expires_at"]
     status = warmupctl(config, "status")
     d.stop()
-    assert_no_secret([d.output(), json.dumps(accounts), json.dumps(status), config.read_text()],
-                     [CLIENT_SECRET, *tokens.values()])
+    issued = srv.issued_tokens()
+    assert len(issued) > 3 * 4 * 2, "the access and refresh tokens of every refresh"
+    assert_no_secret([d.output(), json.dumps(accounts), json.dumps(status), config.read_text(),
+                      check.stdout + check.stderr], [CLIENT_SECRET, *issued])
     assert not d.errors()
 
 
@@ -331,7 +333,7 @@ def test_domain_wide_and_app_only_clients_send_for_two_mailboxes(
     else:
         assert [g for g, _ in requests] == [CREDS], "one app token for the whole tenant"
     d.stop()
-    assert_no_secret([d.output()], secrets)
+    assert_no_secret([d.output()], [*secrets, *srv.issued_tokens()])
     assert not d.errors()
 
 
@@ -364,8 +366,11 @@ def test_authorize_device_flow_as_the_user_would(
     assert "1 of 2 refresh-token account(s) authorized" in check.stdout
 
 
+@pytest.mark.parametrize("how", ["redirect", "paste"])
 def test_authorize_browser_flow_with_pkce_and_loopback_redirect(
-        clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, tmp_path: Path) -> None:
+        clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, tmp_path: Path, how: str) -> None:
+    """The installed-app flow: the browser reaches warmupd's loopback listener, or (a
+    browser on another machine) the operator pastes the final address at the prompt."""
     rig, srv = clean_oauth_mailrig, clean_oauth_server
     srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH, CODE),
                    redirect_uris=("http://127.0.0.1",))
@@ -382,9 +387,15 @@ def test_authorize_browser_flow_with_pkce_and_loopback_redirect(
             assert url or proc.poll() is None
         assert "code_challenge=" in url and "code_challenge_method=S256" in url
         # The browser: the server signs BOB in (login_hint) and redirects to warmupd's listener.
-        r = httpx2.get(url, follow_redirects=True, timeout=10)
-        assert r.status_code == 200 and "authorized" in r.text
-        out, err = proc.communicate(timeout=30)
+        if how == "redirect":
+            r = httpx2.get(url, follow_redirects=True, timeout=10)
+            assert r.status_code == 200 and "authorized" in r.text
+            out, err = proc.communicate(timeout=30)
+        else:
+            r = httpx2.get(url, follow_redirects=False, timeout=10)
+            final = r.headers["location"]
+            assert final.startswith("http://127.0.0.1:") and "code=" in final
+            out, err = proc.communicate(input=final + "\n", timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err

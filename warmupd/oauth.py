@@ -280,7 +280,13 @@ class Tokens:
     async def _refresh(self, tok: _Token) -> str:
         try:
             async with self._slots:
-                access, lifetime = await self._request(tok)
+                try:
+                    access, lifetime = await self._request(tok)
+                except (TokenError, asyncio.CancelledError):
+                    raise
+                except Exception as e:  # a library's surprise: a failure like any other, retried
+                    raise TokenError(f"OAuth token request for {tok.client.name!r} failed: "
+                                     f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
         except TokenError as e:
             tok.error = str(e)
             if e.refused:

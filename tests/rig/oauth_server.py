@@ -680,6 +680,11 @@ def create_app(store: Store) -> Any:
                 }
             )
 
+    @app.get("/_rig/issued")
+    def issued() -> Any:
+        with store.lock:
+            return jsonify(sorted({*store.access, *store.refresh}))
+
     @app.post("/_rig/reset")
     def reset() -> Any:
         body = request.get_json(force=True)
@@ -908,6 +913,12 @@ class OAuthServer:
         """``{"token_requests": [{grant_type, client_id, user, at, status}], "rotations",
         "active_access_tokens"}``"""
         reply: dict[str, Any] = self._call("GET", "/_rig/stats")
+        return reply
+
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token the server has issued since the last reset (for
+        tests that check no token ever shows in an output)."""
+        reply: list[str] = self._call("GET", "/_rig/issued")
         return reply
 
     def reset(self) -> None:

@@ -187,11 +187,15 @@ def test_three_oauth_accounts_send_engage_and_refresh_on_time(
     for a in accounts:
         assert a["auth"] == "oauth" and a["last_token_error"] is None and a["token_expires_at"]
     status = warmupctl(config, "status")
+    metrics = subprocess.run([sys.executable, "-m", "warmupd.ctl", "--config", str(config), "metrics"],
+                             capture_output=True, text=True, timeout=30).stdout
+    ok = re.search(r'warmupd_oauth_token_requests_total\{client="rig",result="ok"\} (\d+)', metrics)
+    assert ok and int(ok.group(1)) >= 12, metrics
     d.stop()
     issued = srv.issued_tokens()
     assert len(issued) > 3 * 4 * 2, "the access and refresh tokens of every refresh"
     assert_no_secret([d.output(), json.dumps(accounts), json.dumps(status), config.read_text(),
-                      check.stdout + check.stderr], [CLIENT_SECRET, *issued])
+                      check.stdout + check.stderr, metrics], [CLIENT_SECRET, *issued])
     assert not d.errors()
 
 

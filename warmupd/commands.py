@@ -40,6 +40,7 @@ class TokenView(Protocol):
     """What the commands read of OAuth tokens (oauth.Tokens): never a token itself."""
 
     def info(self, email: str) -> dict[str, Any] | None: ...
+    def metrics_lines(self) -> list[str]: ...
 
 
 class DaemonView(Protocol):
@@ -364,6 +365,8 @@ class Commands:
                   f"warmupd_accounts_paused {sum(1 for st in planning.states.values() if st.paused_reason)}"]
         if self.d.engagement is not None:
             lines += self.d.engagement.metrics_lines()
+        if self.d.tokens is not None:
+            lines += self.d.tokens.metrics_lines()
         return "\n".join(lines) + "\n"
 
 

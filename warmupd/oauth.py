@@ -128,7 +128,7 @@ class Tokens:
         self._slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
         self._config: Config | None = None
         self._closed = False
-        self.requests = 0  # token requests made (metrics)
+        self.results: dict[tuple[str, str], int] = {}  # (client, ok|failed|refused) -> requests
 
     # ------------------------------------------------------------ life cycle
 
@@ -235,6 +235,23 @@ class Tokens:
                 "token_expires_at": iso_utc(tok.expires_at) if tok.access else None,
                 "last_token_error": tok.error}
 
+    def metrics_lines(self) -> list[str]:
+        """Prometheus text of the token requests (never a token); none without OAuth."""
+        if not self._tokens:
+            return []
+        lines = ["# HELP warmupd_oauth_token_requests_total Token requests since start, by client and result.",
+                 "# TYPE warmupd_oauth_token_requests_total counter"]
+        for (client, result), n in sorted(self.results.items()):
+            lines.append(f'warmupd_oauth_token_requests_total{{client="{client}",result="{result}"}} {n}')
+        failing = sum(1 for t in self._tokens.values() if t.error is not None)
+        lines += ["# HELP warmupd_oauth_tokens_failing Access tokens whose last request failed or is missing.",
+                  "# TYPE warmupd_oauth_tokens_failing gauge", f"warmupd_oauth_tokens_failing {failing}"]
+        return lines
+
+    def _count(self, tok: _Token, result: str) -> None:
+        key = (tok.client.name, result)
+        self.results[key] = self.results.get(key, 0) + 1
+
     @staticmethod
     def _margin(tok: _Token) -> float:
         return min(MARGIN_MAX, tok.lifetime / 4)
@@ -289,6 +306,7 @@ class Tokens:
                                      f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
         except TokenError as e:
             tok.error = str(e)
+            self._count(tok, "refused" if e.refused else "failed")
             if e.refused:
                 tok.refused = True
                 self._expire(tok)
@@ -305,6 +323,7 @@ class Tokens:
                                  token_valid_for_s=round(max(0.0, tok.expires_at - self.now()), 1))
                 self._schedule(tok, delay)
             raise
+        self._count(tok, "ok")
         old = tok.access
         register_secret(access)
         tok.access, tok.lifetime = access, lifetime
@@ -337,7 +356,6 @@ class Tokens:
         client = tok.client
         http = self._http_client(client)
         scope = " ".join(client.scopes) or None
-        self.requests += 1
         try:
             if client.grant == "refresh_token":
                 assert tok.refresh is not None

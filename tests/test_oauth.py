@@ -121,6 +121,20 @@ def store_tokens(tmp: Path, config: Path, tokens: Mapping[str, str]) -> None:
         f.unlink()
 
 
+def refresh_pool(tmp: Path, rig: MailRig, srv: OAuthServer, accounts: Sequence[str], *,
+                 authorized: Sequence[str] = (), grants: Sequence[str] = (REFRESH,),
+                 redirect_uris: Sequence[str] = (), **kw: Any) -> Path:
+    """The usual set-up: one refresh-token client "rig" for ``accounts`` (SMTP only unless
+    ``imap=True``), the ``authorized`` ones with a stored refresh token."""
+    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=tuple(grants),
+                   redirect_uris=tuple(redirect_uris))
+    kw.setdefault("imap", False)
+    config = write_config(tmp, rig, srv, dict.fromkeys(accounts, "rig"),
+                          clients={"rig": generic_client(srv)}, **kw)
+    store_tokens(tmp, config, {u: srv.issue_refresh_token("warmupd-test", u) for u in authorized})
+    return config
+
+
 def assert_no_secret(texts: Sequence[str], secrets: Sequence[str]) -> None:
     for text in texts:
         for s in secrets:
@@ -203,12 +217,9 @@ def test_a_rotated_refresh_token_survives_kill9_right_after_rotation(
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, daemons: DaemonFactory,
         tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
     # One OAuth account: a strictly rotating server (the old token dies at once) strands
     # a token whose rotation was in flight at the kill; this kill comes after the commit.
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)}, password_accounts=(BOB,))
-    store_tokens(tmp_path, config, {ALICE: srv.issue_refresh_token("warmupd-test", ALICE)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE], authorized=[ALICE], password_accounts=(BOB,))
     first = daemons(config, tmp_path, env={"WARMUPD_FAULT": "oauth.after_rotation=kill*1"}, wait_ready=False)
     assert first.wait(20) == -9, first.tail()
     assert srv.stats()["rotations"] >= 1  # the server rotated: the token warmupd had is now dead
@@ -228,10 +239,7 @@ def test_a_revoked_grant_pauses_that_account_only(
         tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
     srv.configure(access_ttl=2.0)
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
-    config = write_config(tmp_path, rig, srv, {u: "rig" for u in USERS}, imap=False,
-                          clients={"rig": generic_client(srv)})
-    store_tokens(tmp_path, config, {u: srv.issue_refresh_token("warmupd-test", u) for u in USERS})
+    config = refresh_pool(tmp_path, rig, srv, USERS, authorized=USERS)
     t0 = time.time() + 6
     seed_plan(tmp_path, {u: [t0 + i for i in range(4)] for u in USERS})
     d = daemons(config, tmp_path)
@@ -254,10 +262,7 @@ def test_a_token_the_smtp_server_rejects_once_is_refreshed_and_the_send_goes_out
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, daemons: DaemonFactory,
         tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)})
-    store_tokens(tmp_path, config, {u: srv.issue_refresh_token("warmupd-test", u) for u in (ALICE, BOB)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB], authorized=[ALICE, BOB])
     t0 = time.time() + 4
     seeded = seed_plan(tmp_path, {ALICE: [t0]})
     d = daemons(config, tmp_path)
@@ -280,10 +285,7 @@ def test_token_endpoint_down_is_retried_and_sends_go_out(
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, daemons: DaemonFactory,
         tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)}, grace="30s")
-    store_tokens(tmp_path, config, {u: srv.issue_refresh_token("warmupd-test", u) for u in (ALICE, BOB)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB], authorized=[ALICE, BOB], grace="30s")
     srv.fail_token_requests(3, mode="500")
     t0 = time.time() + 2
     seed_plan(tmp_path, {ALICE: [t0], BOB: [t0 + 0.5]})
@@ -347,9 +349,7 @@ def test_domain_wide_and_app_only_clients_send_for_two_mailboxes(
 def test_authorize_device_flow_as_the_user_would(
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH, DEVICE))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB], grants=(REFRESH, DEVICE))
     check = warmupd("check", "--config", str(config))
     assert f"alice@warmup.test: no refresh token stored: run `warmupd authorize --config {config}" in check.stdout
     proc = subprocess.Popen([sys.executable, "-m", "warmupd.cli", "authorize", "--config", str(config),
@@ -376,10 +376,8 @@ def test_authorize_browser_flow_with_pkce_and_loopback_redirect(
     """The installed-app flow: the browser reaches warmupd's loopback listener, or (a
     browser on another machine) the operator pastes the final address at the prompt."""
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH, CODE),
-                   redirect_uris=("http://127.0.0.1",))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB], grants=(REFRESH, CODE),
+                          redirect_uris=("http://127.0.0.1",))
     proc = subprocess.Popen([sys.executable, "-m", "warmupd.cli", "authorize", "--config", str(config),
                              "--account", BOB, "--flow", "browser"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -409,9 +407,7 @@ def test_authorize_browser_flow_with_pkce_and_loopback_redirect(
 def test_import_accounts_writes_the_accounts_and_stores_their_tokens(
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB])
     text = config.read_text().replace('[daemon]\n', '[daemon]\ninclude = ["accounts.d/*.toml"]\n', 1)
     config.write_text(text)
     token = srv.issue_refresh_token("warmupd-test", CAROL)
@@ -440,10 +436,7 @@ def test_an_account_without_a_token_is_paused_with_the_fix_and_the_others_run(
         clean_oauth_mailrig: MailRig, clean_oauth_server: OAuthServer, daemons: DaemonFactory,
         tmp_path: Path) -> None:
     rig, srv = clean_oauth_mailrig, clean_oauth_server
-    srv.add_client("warmupd-test", client_secret=CLIENT_SECRET, grants=(REFRESH,))
-    config = write_config(tmp_path, rig, srv, {ALICE: "rig", BOB: "rig"}, imap=False,
-                          clients={"rig": generic_client(srv)})
-    store_tokens(tmp_path, config, {ALICE: srv.issue_refresh_token("warmupd-test", ALICE)})
+    config = refresh_pool(tmp_path, rig, srv, [ALICE, BOB], authorized=[ALICE])
     t0 = time.time() + 3
     seed_plan(tmp_path, {ALICE: [t0], BOB: [t0 + 0.5]})
     d = daemons(config, tmp_path)

@@ -160,6 +160,38 @@ class Engagement:
     archive_folder: str = ""
     bounce_pause_rate: float = 0.05
     hold_junk_rate: float = 0.10
+    # Protections act only on enough data (README: "Thresholds"): bounces over at least
+    # bounce_min_sample sends, junk over at least hold_min_sample received messages.
+    bounce_min_sample: int = 20
+    hold_min_sample: int = 10
+    cut_junk_rate: float = 0.25  # junk share above which the day's target is cut too
+    pause_junk_rate: float = 0.50  # junk share above which the account pauses
+    keep_days: int = 14  # engaged warmup mail older than this is cleaned up (0: never)
+    hygiene: str = "trash"  # trash | delete | off
+
+
+@dataclass(frozen=True, slots=True)
+class Reputation:
+    """An account's DNS, blocklist and graduation settings (README: "Reputation")."""
+
+    dkim_selectors: tuple[str, ...] = ()
+    sending_ips: tuple[str, ...] = ()  # addresses its mail leaves from (SPF and IP blocklists)
+    dns_required: bool = False  # hold the ramp while the domain's DNS checks fail
+    graduate_score: int = 80
+    graduate_day: int = 30
+    maintenance_per_day: int = 10  # the daily target once graduated (0: keep the ramp)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """[daemon] resolver and check settings (dnscheck.py, blocklists.py, reputation.py)."""
+
+    resolver: str = ""  # "ADDRESS[:PORT]"; "" = the system's
+    timeout: float = 5.0
+    interval: float = 86400.0  # each domain's DNS checks
+    blocklist_interval: float = 6 * 3600.0
+    ip_blocklists: tuple[str, ...] = ("zen.spamhaus.org", "bl.spamcop.net", "psbl.surriel.com")
+    domain_blocklists: tuple[str, ...] = ("dbl.spamhaus.org",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +237,8 @@ class Account:
     max_attempts: int
     templates: Path | None
     engagement: Engagement
+    name: str = ""  # the display name; derived from the address when empty
+    reputation: Reputation = field(default_factory=Reputation)
 
     @property
     def timezone(self) -> str:
@@ -214,6 +248,16 @@ class Account:
     def domain(self) -> str:
         return self.email.rpartition("@")[2]
 
+    @property
+    def display_name(self) -> str:
+        return self.name or name_from_address(self.email)
+
+
+def name_from_address(address: str) -> str:
+    """"nora.lind@x" -> "Nora Lind", "nora_lind+w@x" -> "Nora Lind", "nora@x" -> "Nora"."""
+    local = address.partition("@")[0].split("+")[0]
+    words = [w for w in re.split(r"[._-]+", local) if w and not w.isdigit()]
+    return " ".join(w[:1].upper() + w[1:] for w in words) or local
 
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
@@ -228,6 +272,7 @@ class DaemonSettings:
     # How long the state database may refuse writes before the daemon stops pinging
     # the systemd watchdog (so that systemd restarts a daemon that can no longer persist).
     store_stall_limit: float = 300.0
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     @property
     def database(self) -> Path:
@@ -336,19 +381,23 @@ def check_holiday_region(value: str) -> None:
 _DAEMON_KEYS = {
     "state_dir", "grace", "retention", "log_format", "log_level", "socket",
     "max_concurrent_sends", "shutdown_timeout", "include", "store_stall_limit",
+    "resolver", "dns_timeout", "dns_interval", "blocklist_interval", "ip_blocklists", "domain_blocklists",
 }
 _DEFAULT_KEYS = {
     "timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap", "max_per_hour",
     "extra_recipients", "tag", "periods", "ramp", "engagement", "max_attempts", "templates",
+    *("dkim_selectors", "sending_ips", "dns_required", "graduate_score", "graduate_day",
+      "maintenance_per_day"),
 }
-_ACCOUNT_KEYS = _DEFAULT_KEYS | {"email", "start_date", "smtp", "imap"}
+_ACCOUNT_KEYS = _DEFAULT_KEYS | {"email", "start_date", "smtp", "imap", "name"}
 _SERVER_KEYS = {"ca_file", "host", "port", "security", "username", "password_file", "password_env",
                 "password", "timeout", "auth", "oauth"}
 _IMAP_KEYS = _SERVER_KEYS | {"junk_folder", "poll"}
 _PERIOD_KEYS = {"windows", "weight"}
 _RAMP_KEYS = {"start", "step", "max"}
 _ENGAGEMENT_KEYS = {"delay", "reply_rate", "important_rate", "max_thread_depth",
-                    "archive_folder", "bounce_pause_rate", "hold_junk_rate"}
+                    "archive_folder", "bounce_pause_rate", "hold_junk_rate", "bounce_min_sample",
+                    "hold_min_sample", "cut_junk_rate", "pause_junk_rate", "keep_days", "hygiene"}
 _TOP_KEYS = {"daemon", "defaults", "accounts", "oauth"}
 _OAUTH_KEYS = {"provider", "grant", "client_id", "client_secret_file", "client_secret_env",
                "client_secret", "key_file", "tenant", "token_url", "device_authorization_url",
@@ -396,8 +445,16 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "engagement": {
         "delay": "3m-4h", "reply_rate": 0.3, "important_rate": 0.3, "max_thread_depth": 2,
         "archive_folder": "", "bounce_pause_rate": 0.05, "hold_junk_rate": 0.10,
+        "bounce_min_sample": 20, "hold_min_sample": 10, "cut_junk_rate": 0.25, "pause_junk_rate": 0.50,
+        "keep_days": 14, "hygiene": "trash",
     },
+    "dkim_selectors": [], "sending_ips": [], "dns_required": False,
+    "graduate_score": 80, "graduate_day": 30, "maintenance_per_day": 10,
 }
+HYGIENE = ("trash", "delete", "off")
+# Blocklist zones ask for few queries (Spamhaus's and SpamCop's usage policies); DNS
+# records change rarely: neither is checked more often than this (tests: WARMUPD_*_INTERVAL).
+MIN_CHECK_INTERVAL = 3600.0
 
 
 class _Collector:
@@ -1070,7 +1127,8 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str,
         c.add(at("delay"), f'must be a range of durations like "3m-4h", got {delay!r}')
         ok = False
     rates: dict[str, float] = {}
-    for k in ("reply_rate", "important_rate", "bounce_pause_rate", "hold_junk_rate"):
+    for k in ("reply_rate", "important_rate", "bounce_pause_rate", "hold_junk_rate", "cut_junk_rate",
+              "pause_junk_rate"):
         rate = _num(c, raw.get(k), at(k), lo=0, hi=1)
         if rate is None:
             ok = False
@@ -1078,12 +1136,26 @@ def _engagement(c: _Collector, raw: dict[str, Any], path: str,
             rates[k] = float(rate)
     depth = _num(c, raw.get("max_thread_depth"), at("max_thread_depth"), lo=1, integer=True)
     archive = _str(c, raw.get("archive_folder", ""), at("archive_folder"))
-    if not ok or dmin is None or dmax is None or depth is None or archive is None:
+    ints = {k: _num(c, raw.get(k), at(k), lo=lo, integer=True)
+            for k, lo in (("bounce_min_sample", 1), ("hold_min_sample", 1), ("keep_days", 0))}
+    hygiene = raw.get("hygiene")
+    if hygiene not in HYGIENE:
+        c.add(at("hygiene"), f"must be one of {', '.join(HYGIENE)}, got {hygiene!r}")
+        ok = False
+    if ok and not rates["hold_junk_rate"] <= rates["cut_junk_rate"] <= rates["pause_junk_rate"]:
+        c.add(at("cut_junk_rate"), f"the junk bands must rise: hold_junk_rate {rates['hold_junk_rate']} <= "
+                                   f"cut_junk_rate {rates['cut_junk_rate']} <= pause_junk_rate "
+                                   f"{rates['pause_junk_rate']}")
+        ok = False
+    if not ok or dmin is None or dmax is None or depth is None or archive is None or None in ints.values():
         return None
     return Engagement(delay_min=dmin, delay_max=dmax, max_thread_depth=depth, archive_folder=archive,
                       reply_rate=rates["reply_rate"], important_rate=rates["important_rate"],
                       bounce_pause_rate=rates["bounce_pause_rate"],
-                      hold_junk_rate=rates["hold_junk_rate"])
+                      hold_junk_rate=rates["hold_junk_rate"], cut_junk_rate=rates["cut_junk_rate"],
+                      pause_junk_rate=rates["pause_junk_rate"], bounce_min_sample=ints["bounce_min_sample"],
+                      hold_min_sample=ints["hold_min_sample"], keep_days=ints["keep_days"],
+                      hygiene=str(hygiene))
 
 
 def _engagement_table(c: _Collector, raw: Any, path: str,
@@ -1205,6 +1277,99 @@ def _merge(defaults: dict[str, Any], acc: dict[str, Any]) -> tuple[dict[str, Any
             merged[k] = v
         origin[k] = ""
     return merged, origin
+
+
+# ---------------------------------------------------------------- reputation settings
+
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_ZONE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.?$")
+
+
+def _display_name(c: _Collector, raw: Any, path: str) -> str:
+    if not isinstance(raw, str):
+        c.add(path, f'must be a display name string like "Nora Lind", got {raw!r}')
+        return ""
+    if len(raw) > 100 or any(not ch.isprintable() for ch in raw):
+        c.add(path, f"must be one line of at most 100 printable characters, got {_show(raw)[:120]}")
+        return ""
+    return raw.strip()
+
+
+def _str_list(c: _Collector, raw: Any, path: str, ok: Callable[[str], bool], what: str) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        c.add(path, f"must be a list of {what}")
+        return None
+    out: list[str] = []
+    good = True
+    for i, x in enumerate(raw):
+        if isinstance(x, str) and ok(x.strip()):
+            out.append(x.strip())
+        else:
+            c.add(f"{path}[{i}]", f"must be {what.rstrip('s')}, got {x!r}")
+            good = False
+    return tuple(dict.fromkeys(out)) if good else None
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _reputation(c: _Collector, merged: dict[str, Any], at: Callable[[str], str]) -> Reputation | None:
+    selectors = _str_list(c, merged.get("dkim_selectors"), at("dkim_selectors"),
+                          lambda s: bool(_SELECTOR_RE.match(s)), 'DKIM selector names like "google"')
+    ips = _str_list(c, merged.get("sending_ips"), at("sending_ips"), _is_ip,
+                    'IP addresses like "192.0.2.10"')
+    required = merged.get("dns_required")
+    if not isinstance(required, bool):
+        c.add(at("dns_required"), f"must be true or false, got {required!r}")
+    score = _num(c, merged.get("graduate_score"), at("graduate_score"), lo=0, hi=100, integer=True)
+    day = _num(c, merged.get("graduate_day"), at("graduate_day"), lo=1, integer=True)
+    maint = _num(c, merged.get("maintenance_per_day"), at("maintenance_per_day"), lo=0, integer=True)
+    if selectors is None or ips is None or not isinstance(required, bool) or score is None \
+            or day is None or maint is None:
+        return None
+    return Reputation(dkim_selectors=selectors, sending_ips=ips, dns_required=required,
+                      graduate_score=score, graduate_day=day, maintenance_per_day=maint)
+
+
+def _dns_settings(c: _Collector, d: dict[str, Any]) -> DnsSettings:
+    base = DnsSettings()
+    resolver = d.get("resolver", "")
+    if not isinstance(resolver, str):
+        c.add("daemon.resolver", f'must be an address like "127.0.0.1:5353", got {resolver!r}')
+        resolver = ""
+    else:
+        from .dnscheck import parse_resolver
+
+        try:
+            parse_resolver(resolver)
+        except ValueError as e:
+            c.add("daemon.resolver", str(e))
+            resolver = ""
+    timeout = _dur(c, d.get("dns_timeout", "5s"), "daemon.dns_timeout", positive=True)
+    intervals: dict[str, float] = {}
+    for key, default in (("dns_interval", "1d"), ("blocklist_interval", "6h")):
+        v = _dur(c, d.get(key, default), f"daemon.{key}", positive=True)
+        if v is not None and v < MIN_CHECK_INTERVAL:
+            c.add(f"daemon.{key}", f"must be at least 1h (blocklists' usage policies and DNS caching), "
+                                   f"got {d.get(key)!r}")
+            v = None
+        intervals[key] = v if v is not None else 0.0
+    zones: dict[str, tuple[str, ...]] = {}
+    for key in ("ip_blocklists", "domain_blocklists"):
+        z = _str_list(c, d.get(key, list(getattr(base, key))), f"daemon.{key}",
+                      lambda s: bool(_ZONE_RE.match(s)), 'DNS zone names like "zen.spamhaus.org"')
+        zones[key] = tuple(x.rstrip(".").lower() for x in z) if z is not None else ()
+    return DnsSettings(resolver=resolver, timeout=timeout or base.timeout,
+                       interval=intervals["dns_interval"] or base.interval,
+                       blocklist_interval=intervals["blocklist_interval"] or base.blocklist_interval,
+                       ip_blocklists=zones["ip_blocklists"], domain_blocklists=zones["domain_blocklists"])
 
 
 # ---------------------------------------------------------------- included account files
@@ -1340,6 +1505,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     mcs = _num(c, d.get("max_concurrent_sends", 50), "daemon.max_concurrent_sends", lo=1, integer=True)
     stop_to = _dur(c, d.get("shutdown_timeout", "30s"), "daemon.shutdown_timeout", positive=True)
     stall = _dur(c, d.get("store_stall_limit", "5m"), "daemon.store_stall_limit", positive=True)
+    dns_settings = _dns_settings(c, d)
 
     defaults_raw = _table(c, data.get("defaults"), "defaults")
     c.unknown_keys(defaults_raw, _DEFAULT_KEYS, "defaults")
@@ -1473,11 +1639,13 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
                     templates = None
         elif not isinstance(templates_raw, str):
             c.add(at("templates"), "must be a path string")
-        if email and start_date and sched and eng and max_attempts is not None:
+        display = _display_name(c, acc_raw.get("name", ""), f"{path_i}.name")
+        reputation = _reputation(c, merged, at)
+        if email and start_date and sched and eng and max_attempts is not None and reputation:
             accounts.append(Account(
                 email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,
                 extra_recipients=tuple(extras), tag=tag, max_attempts=max_attempts,
-                templates=templates, engagement=eng))
+                templates=templates, engagement=eng, name=display, reputation=reputation))
             account_paths.append(path_i)
 
     if len(accounts) == len(entries):
@@ -1491,7 +1659,7 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,
                             retention=retention, log_format=log_format,
                             log_level=log_level.lower(), max_concurrent_sends=mcs,
-                            shutdown_timeout=stop_to, store_stall_limit=stall)
+                            shutdown_timeout=stop_to, store_stall_limit=stall, dns=dns_settings)
     return Config(path=path, daemon=daemon, accounts=tuple(accounts), oauth=clients[0])
 
 

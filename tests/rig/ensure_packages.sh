@@ -2,10 +2,11 @@
 # Make sure the Debian packages behind the tests' real servers and tools are installed:
 #   dovecot-imapd, dovecot-lmtpd  the IMAP/LMTP mail rig (tests/rig/mailrig.py)
 #   faketime                      libfaketime, to start a daemon at a chosen moment (rollover, DST)
+#   nsd, dnsutils                 an authoritative DNS server for the domain checks (tests/rig/dns_server.py), dig
 #
 # Idempotent: installs only what is missing, with one apt-get call.
-# Packaged services must never start (the stock Dovecot would take port 143 and
-# is not what the rig runs): if no /usr/sbin/policy-rc.d exists, a temporary
+# Packaged services must never start (the stock Dovecot would take port 143, the
+# stock nsd port 53, and neither is what the rigs run): if no /usr/sbin/policy-rc.d exists, a temporary
 # one that exits 101 is put in place for the install and removed afterwards.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ WANT=(
     "dovecot-imapd:/usr/sbin/dovecot"
     "dovecot-lmtpd:/usr/lib/dovecot/lmtp"
     "faketime:/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    "nsd:/usr/sbin/nsd"
+    "dnsutils:/usr/bin/dig"
 )
 
 missing=()

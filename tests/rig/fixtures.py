@@ -15,6 +15,9 @@
   and SMTP front take XOAUTH2/OAUTHBEARER tokens, checked at ``oauth_server``'s
   introspection URL (same skip/fail rules as ``mailrig``); ``clean_oauth_mailrig``
   (function) is it cleaned as ``clean_mailrig`` is, with ``oauth_server`` reset.
+* ``dns_rig`` (session): nsd on loopback serving tests/rig/dns_zones.py's zones
+  (``DNSServer``; ``dns_rig.port``). Skipped when nsd is missing, except under CI.
+* ``dns`` (function): the session ``dns_rig`` with the blocklist zones as listed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from .dns_server import DNSServer, nsd_binary
 from .mailrig import DEFAULT_USERS, MailRig, dovecot_binary
 from .oauth_server import OAuthServer
 from .smtp_server import SMTPServer
@@ -38,6 +42,8 @@ __all__ = [
     "clean_oauth_mailrig",
     "clean_oauth_server",
     "daemons",
+    "dns",
+    "dns_rig",
     "mailrig",
     "oauth_mailrig",
     "oauth_server",
@@ -146,3 +152,36 @@ def clean_oauth_mailrig(oauth_mailrig: MailRig, oauth_server: OAuthServer) -> Ma
     oauth_server.ensure_running()
     oauth_server.reset()
     return _clean(oauth_mailrig)
+
+
+@pytest.fixture(scope="session")
+def dns_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSServer]:
+    from .dns_zones import zones
+
+    if nsd_binary() is None or os.geteuid() != 0:
+        reason = ("nsd is not installed (run tests/rig/ensure_packages.sh as root)" if nsd_binary() is None
+                  else "the nsd DNS rig needs root")
+        if _in_ci():
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = DNSServer(tmp_path_factory.mktemp("dnsrig"))
+    for name, records in zones().items():
+        server.set_zone(name, records)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dns(dns_rig: DNSServer) -> DNSServer:
+    from .dns_zones import blocklists
+
+    if not dns_rig.running():
+        dns_rig.start()
+    if dns_rig.zones.get("bl.test") != blocklists(True)["bl.test"]:
+        for name, records in blocklists(True).items():
+            dns_rig.set_zone(name, records)
+        dns_rig.reload()
+    return dns_rig

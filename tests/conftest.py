@@ -6,9 +6,15 @@ README's test command) each runs in its quick form."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.rig.fixtures import *  # noqa: F401,F403
+
+# The tests query only servers on loopback: a daemon without [daemon] resolver makes no
+# DNS or blocklist lookups (reputation.py), instead of asking the system's resolver.
+os.environ.setdefault("WARMUPD_SYSTEM_RESOLVER", "off")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -65,7 +65,11 @@ def make_config(rig: MailRig, tmp: Path, *, delay: str = "1s-2s", reply_rate: fl
             "ramp": {"start": 10, "step": 1, "max": 20},
             "engagement": {"delay": delay, "reply_rate": reply_rate, "important_rate": important_rate,
                            "max_thread_depth": max_depth, "bounce_pause_rate": 0.05,
-                           "hold_junk_rate": hold_junk_rate, "archive_folder": archive},
+                           "hold_junk_rate": hold_junk_rate, "archive_folder": archive,
+                           # these tests watch the mechanisms act on a handful of messages
+                           "bounce_min_sample": 1, "hold_min_sample": 1,
+                           "cut_junk_rate": max(hold_junk_rate, 0.25),
+                           "pause_junk_rate": max(hold_junk_rate, 0.5)},
         },
         "accounts": accounts,
     }

@@ -32,6 +32,7 @@ log = get_logger("warmupd.commands")
 
 class EngagementView(Protocol):
     def today(self, email_: str) -> dict[str, Any]: ...
+    def thresholds(self, email_: str) -> dict[str, Any]: ...
     def totals_today(self) -> dict[str, Any]: ...
     def metrics_lines(self) -> list[str]: ...
 
@@ -40,6 +41,13 @@ class TokenView(Protocol):
     """What the commands read of OAuth tokens (oauth.Tokens): never a token itself."""
 
     def info(self, email: str) -> dict[str, Any] | None: ...
+    def metrics_lines(self) -> list[str]: ...
+
+
+class ReputationView(Protocol):
+    def dns_view(self, account: Account) -> dict[str, Any] | None: ...
+    def health_view(self, email: str) -> dict[str, Any] | None: ...
+    def status(self) -> dict[str, Any]: ...
     def metrics_lines(self) -> list[str]: ...
 
 
@@ -58,6 +66,8 @@ class DaemonView(Protocol):
     def engagement(self) -> EngagementView | None: ...
     @property
     def tokens(self) -> TokenView | None: ...
+    @property
+    def reputation(self) -> ReputationView | None: ...
     metrics: Metrics
     ready: bool
     last_reload_error: str | None
@@ -225,6 +235,8 @@ class Commands:
         }
         if self.d.engagement is not None:
             out["engagement_today"] = self.d.engagement.totals_today()
+        if self.d.reputation is not None:
+            out["reputation"] = self.d.reputation.status()
         return out
 
     async def _next_send(self) -> dict[str, Any] | None:
@@ -264,7 +276,8 @@ class Commands:
             c = counts.get(a.email, {})
             item: dict[str, Any] = {
                 "email": a.email, "timezone": a.timezone, "warmup_day": wday,
-                "target_today": day_target(a, wday) if why_not_sending(a, day) is None else 0,
+                "target_today": (day_target(a, wday, bool(st and st.graduated))
+                                 if why_not_sending(a, day) is None else 0),
                 "sent_today": c.get("sent", 0), "pending_today": c.get("pending", 0),
                 "paused": st.paused_reason if st else None,
                 "hold": ({"until": st.hold_until, "reason": st.hold_reason}
@@ -278,6 +291,12 @@ class Commands:
                 item.update(info or {"token_expires_at": None, "last_token_error": None})
             if self.d.engagement is not None and a.imap is not None:
                 item["engagement_today"] = self.d.engagement.today(a.email)
+                item["thresholds"] = self.d.engagement.thresholds(a.email)
+            rep = self.d.reputation
+            item["dns"] = rep.dns_view(a) if rep is not None else None
+            item["health"] = rep.health_view(a.email) if rep is not None else None
+            item["graduated"] = st.graduated if st else None
+            item["name"] = a.display_name
             out.append(item)
         return out
 
@@ -367,6 +386,8 @@ class Commands:
             lines += self.d.engagement.metrics_lines()
         if self.d.tokens is not None:
             lines += self.d.tokens.metrics_lines()
+        if self.d.reputation is not None:
+            lines += self.d.reputation.metrics_lines()
         return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from . import faults
 from .calendar import iso_utc, local_date
 from .commands import Commands
-from .config import EX_CONFIG, Account, Config, ConfigError, load_config
+from .config import EX_CONFIG, Account, Config, ConfigError, DnsSettings, load_config
 from .firing import Clock, Firing
 from .logs import configure_logging, get_logger, register_secret
 from .metrics import Metrics
@@ -81,6 +81,7 @@ class Daemon:
         self.firing: Firing | None = None
         self.engagement: Any = None  # imap.Engagement when any account has imap
         self.tokens: Tokens | None = None  # OAuth access tokens (oauth.py)
+        self.reputation: Any = None  # reputation.Reputation: DNS, blocklists, health
         self.commands = Commands(self)
         self.control: Any = None
         self.ready = False
@@ -231,6 +232,11 @@ class Daemon:
             self.firing.build_reply = self.engagement.build_reply
             self.firing.run_action = self.engagement.fire
             await self.engagement.start()
+        # DNS and blocklist checks, health: a task of its own, never on the send path
+        from .reputation import Reputation
+
+        self.reputation = Reputation(_ReputationHost(self), self.rng)
+        await self.reputation.start()
         self.planning.arm_rollovers()
         self.firing.arm()
         self._background.append(self.spawn(self.firing.page_loop(), critical=True))
@@ -423,6 +429,8 @@ class Daemon:
         planning.arm_rollovers()
         if self.engagement is not None:  # IMAP connections follow the new accounts (imap.py)
             self.engagement.sync_accounts()
+        if self.reputation is not None:
+            self.reputation.reconfigure()
         firing.arm()
         return changes
 
@@ -462,6 +470,8 @@ class Daemon:
             await self.engagement.stop()
         if self.tokens is not None:
             await self.tokens.close()
+        if self.reputation is not None:
+            await self.reputation.stop()
         if self.control is not None:
             await self.control.close()
         if self.store is not None:
@@ -541,6 +551,39 @@ class _EngagementHost:
     async def token(self, email: str, rejected: str | None = None) -> str:
         assert self._d.tokens is not None
         return await self._d.tokens.token(email, rejected)
+
+
+class _ReputationHost:
+    """What the reputation checks may use of the daemon (reputation.ReputationHost)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        assert daemon.store is not None and daemon.planning is not None
+        self._d = daemon
+        self.store: Store = daemon.store
+        self._planning = daemon.planning
+
+    def now(self) -> float:
+        return self._d.now()
+
+    def today(self, account: Account) -> date:
+        return self._d.today(account)
+
+    @property
+    def accounts(self) -> Sequence[Account]:
+        return self._d.config.accounts
+
+    @property
+    def settings(self) -> DnsSettings:
+        return self._d.config.daemon.dns
+
+    def state(self, email: str) -> AccountState | None:
+        return self._planning.states.get(email)
+
+    async def pause(self, email: str, reason: str) -> None:
+        await self._planning.pause(email, reason)
+
+    async def resume(self, email: str) -> None:
+        await self._planning.resume(email)
 
 
 def _install_loop() -> None:

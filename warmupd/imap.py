@@ -20,11 +20,15 @@ idempotent on the server (setting flags, moving only what is still in junk, a
 reply keyed by a Message-ID derived from the action), and ``done`` is committed
 right after it, so an action that happened is not repeated.
 
-Protection: a delivery status notification that reports a failure for a warmup
-send marks it bounced; a sender whose last 50 sends bounced more than
-``bounce_pause_rate`` is paused. A sender with more than ``hold_junk_rate`` of its
-mail in junk over its last 3 sending days gets its ramp held for 3 days (and a
-quarter of the day's pending sends skipped).
+Protection (the decisions are thresholds.py's): a delivery status notification
+that reports a failure for a warmup send marks it bounced; a sender whose last 50
+sends (at least ``bounce_min_sample`` of them) bounced more than
+``bounce_pause_rate`` is paused. Over its last 3 sending days (at least
+``hold_min_sample`` messages received), a sender with more than ``hold_junk_rate``
+of its mail in junk gets its ramp held for 3 days; above ``cut_junk_rate`` the
+day's target is cut by half too (today's pending sends and the held days' plans);
+above ``pause_junk_rate`` it is paused. The last verdict of each shows in
+``warmupctl accounts`` (``thresholds``).
 """
 
 from __future__ import annotations
@@ -55,12 +59,12 @@ from .oauth import TokenError
 from .planner import PlannedSend, day_target
 from .smtp import build_message
 from .store import AccountState, ActionRow, SendRow, Store
+from .thresholds import CUT_FACTOR, Verdict, bounce_verdict, junk_verdict
 from .timers import ACTION, SEND
 
 IDLE_MAX = 29 * 60.0  # RFC 2177: re-issue IDLE at least every 29 minutes
 SCAN_SINCE_DAYS = 3  # on (re)start, messages of the last days are looked at
 HOLD_DAYS = 3
-HOLD_CUT = 0.75
 BOUNCE_WINDOW = 50
 ACTION_MAX_ATTEMPTS = 5
 FOLDERS_TRIED = ("Junk", "Spam", "Junk E-mail", "Junk Email", "INBOX.Junk", "INBOX.Spam", "[Gmail]/Spam")
@@ -697,6 +701,7 @@ class Engagement:
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters: dict[tuple[str, str], int] = {}
+        self.verdicts: dict[tuple[str, str], Verdict] = {}  # (sender, bounces | junk): the last one
 
     @property
     def store(self) -> Store:
@@ -789,7 +794,8 @@ class Engagement:
         delay_ms = max(0, int(now * 1000) - sent_ms)
         day = local_date(receiver.timezone, now).isoformat()
         rows = await self.store.record_received(row.id, receiver.email, folder, placement, day,
-                                                int(now * 1000), delay_ms, depth, acts)
+                                                int(now * 1000), delay_ms, depth, acts,
+                                                message_id=row.message_id, sender=row.account)
         if rows is None:
             return
         self._count(receiver.email, "received")
@@ -855,9 +861,13 @@ class Engagement:
             return
         since = (self.host.today(sender) - timedelta(days=30)).isoformat()
         bounced, total = await self.store.bounce_window(sender.email, since, BOUNCE_WINDOW)
-        if total and bounced / total > sender.engagement.bounce_pause_rate:
-            await self.host.pause(sender.email, f"bounces: {bounced} of the last {total} sends bounced "
-                                                  f"(more than {sender.engagement.bounce_pause_rate:.0%})")
+        verdict = bounce_verdict(bounced, total, sender.engagement)
+        self.verdicts[(sender.email, "bounces")] = verdict
+        if verdict.band == "pause":
+            await self.host.pause(sender.email, verdict.reason())
+        elif verdict.band == "below_min_sample" and bounced:
+            self.log.info("bounce pause not applied: sample too small", account=sender.email,
+                          bounced=bounced, sends=total, bounce_min_sample=verdict.min_sample)
 
     async def _check_hold(self, row: SendRow) -> None:
         """Hold the sender's ramp when too much of its mail landed in junk lately."""
@@ -874,23 +884,38 @@ class Engagement:
                                             today.isoformat())
         days = sorted({*dates, row.local_date})[-HOLD_DAYS:]
         counts = await self.store.placement_counts(sender.email, days)
-        total = sum(counts.values())
-        junk = counts.get("junk", 0)
-        rate = sender.engagement.hold_junk_rate
-        if not total or junk / total <= rate:
+        verdict = junk_verdict(counts.get("junk", 0), sum(counts.values()), sender.engagement)
+        self.verdicts[(sender.email, "junk")] = verdict
+        if verdict.band in ("none", "below_min_sample"):
+            return
+        if verdict.band == "pause":
+            if not st.paused_reason:
+                await self.host.pause(sender.email, "junk: " + verdict.reason(len(days)))
             return
         st.hold_until = (today + timedelta(days=HOLD_DAYS)).isoformat()
-        st.hold_reason = (f"{junk} of {total} warmup messages landed in junk over the last "
-                          f"{len(days)} sending days (more than {rate:.0%})")
+        st.hold_reason = verdict.reason(len(days)) + ("; the day's target cut by half" if verdict.band == "cut"
+                                                      else "; ramp held")
+        st.hold_cut = CUT_FACTOR if verdict.band == "cut" else 1.0
         await self.store.upsert_account(st)
-        pending = [r.id for r in await self.store.day_rows(sender.email, today.isoformat())
-                   if r.status == "pending"]
-        cut = len(pending) - round(len(pending) * HOLD_CUT)
-        skipped = await self.store.skip_ids(sender.email, self.rng.sample(pending, cut), "hold") if cut else []
-        for i in skipped:
-            self.host.cancel(i)
-        self.log.warning("ramp held", account=sender.email, hold_until=st.hold_until, reason=st.hold_reason,
-                         skipped_today=len(skipped))
+        skipped: list[int] = []
+        if verdict.band == "cut":
+            pending = [r.id for r in await self.store.day_rows(sender.email, today.isoformat())
+                       if r.status == "pending"]
+            cut = len(pending) - round(len(pending) * CUT_FACTOR)
+            if cut:
+                skipped = await self.store.skip_ids(sender.email, self.rng.sample(pending, cut), "hold: target cut")
+            for i in skipped:
+                self.host.cancel(i)
+        self.log.warning("ramp held", account=sender.email, band=verdict.band, hold_until=st.hold_until,
+                         reason=st.hold_reason, skipped_today=len(skipped))
+
+    def thresholds(self, email_: str) -> dict[str, Any]:
+        """The last bounce and junk verdicts of a sender, with their numbers."""
+        out: dict[str, Any] = {}
+        for kind in ("bounces", "junk"):
+            v = self.verdicts.get((email_, kind))
+            out[kind] = v.to_json() if v is not None else None
+        return out
 
     # -------------------------------------------------------- actions
 
@@ -1011,7 +1036,7 @@ class Engagement:
         if depth >= account.engagement.max_thread_depth:
             return "skipped", f"thread depth {depth} reached max_thread_depth"
         wday = st.warmup_day if st else 1
-        target = day_target(account, wday)
+        target = day_target(account, wday, bool(st and st.graduated))
         mid = self._reply_mid(account, action, original)
         existing = await self._find_reply(account, mid, today)
         if existing is None:

@@ -56,8 +56,12 @@ _set_recipient = vars(PlannedSend)["recipient"].__set__
 _set_message_id = vars(PlannedSend)["message_id"].__set__
 
 
-def day_target(account: Account, warmup_day: int) -> int:
-    """The ramp's sends (new sends plus replies) for a warmup day."""
+def day_target(account: Account, warmup_day: int, graduated: bool = False) -> int:
+    """The ramp's sends (new sends plus replies) for a warmup day; once the account has
+    graduated (health.py), its ``maintenance_per_day`` (when set) instead."""
+    maintenance = account.reputation.maintenance_per_day
+    if graduated and maintenance > 0:
+        return maintenance
     return account.schedule.ramp.target(warmup_day)
 
 

@@ -46,7 +46,8 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
                            chunk: int = 250, on_keys: Callable[[list[tuple[int, int, str]]], None] | None = None,
                            hold_cut: Callable[[Account, date], float] | None = None,
                            progress: Callable[[int], None] | None = None, slice_s: float = SLICE,
-                           clock: Callable[[], float] | None = None, lead: float = 0.0) -> int:
+                           clock: Callable[[], float] | None = None, lead: float = 0.0,
+                           graduated: Callable[[Account], bool] | None = None) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
     Planning runs on the loop's thread in slices of ``slice_s`` (a few account-days
@@ -69,7 +70,7 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     gc.disable()
     try:
         return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s,
-                                       clock, lead)
+                                       clock, lead, graduated)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -79,7 +80,8 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                             on_keys: Callable[[list[tuple[int, int, str]]], None] | None,
                             hold_cut: Callable[[Account, date], float] | None,
                             progress: Callable[[int], None] | None, slice_s: float,
-                            now: Callable[[], float] | None, lead: float) -> int:
+                            now: Callable[[], float] | None, lead: float,
+                            graduated: Callable[[Account], bool] | None = None) -> int:
     total = 0
     done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
@@ -112,7 +114,8 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                 earliest = now() + lead
                 if not_before is not None or earliest > day_bounds(account.timezone, day)[0]:
                     not_before = max(not_before or earliest, earliest)
-            target = new_send_target(account, day_target(account, wday))
+            target = new_send_target(account, day_target(account, wday, graduated is not None and
+                                                         graduated(account)))
             if hold_cut is not None:
                 target = round(target * hold_cut(account, day))
             sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
@@ -228,8 +231,12 @@ class Planning:
     def hold_cut(self, account: Account, day: date) -> float:
         st = self.states.get(account.email)
         if st and st.hold_until and day.isoformat() < st.hold_until:
-            return 0.75
+            return st.hold_cut
         return 1.0
+
+    def graduated(self, account: Account) -> bool:
+        st = self.states.get(account.email)
+        return bool(st and st.graduated)
 
     # ------------------------------------------------------------ planning
 
@@ -289,11 +296,12 @@ class Planning:
                 self.progress["done"] = done
 
         n = await plan_and_persist(self.store, items, self.rng, self.pool, on_keys=self.timers.schedule_keys,
-                                   hold_cut=self.hold_cut, progress=progress, clock=self.now, lead=PLAN_LEAD)
+                                   hold_cut=self.hold_cut, progress=progress, clock=self.now, lead=PLAN_LEAD,
+                                   graduated=self.graduated)
         if len(items) <= 50:
             for a, day, wday, not_before, already in items:
                 self.log.info("planned", account=a.email, date=day.isoformat(), warmup_day=wday,
-                              target=day_target(a, wday), already_sent=already,
+                              target=day_target(a, wday, self.graduated(a)), already_sent=already,
                               remaining_only=not_before is not None)
         self.log.info("plan stored", account_days=len(items), sends=n)
         return n

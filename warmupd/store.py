@@ -245,6 +245,34 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (account, client)
     ) WITHOUT ROWID;
     """,
+    # 6: reputation: the last DNS and blocklist checks (reputation.py), each account's daily
+    # health score, a ramp hold's cut and the graduation date; for mailbox hygiene the
+    # received message's Message-ID and sender (the send's row is gone after the retention)
+    # and whether its copies were cleaned up
+    """
+    ALTER TABLE accounts ADD COLUMN hold_cut REAL NOT NULL DEFAULT 1.0;
+    ALTER TABLE accounts ADD COLUMN graduated TEXT;    -- local date of graduation
+    CREATE TABLE reputation_checks (
+        kind        TEXT NOT NULL,           -- dns (subject: a domain) | blocklist (name zone)
+        subject     TEXT NOT NULL,
+        checked_ms  INTEGER NOT NULL,
+        verdict     TEXT NOT NULL,
+        result      TEXT NOT NULL,           -- JSON
+        PRIMARY KEY (kind, subject)
+    ) WITHOUT ROWID;
+    CREATE TABLE health_days (
+        account     TEXT NOT NULL,
+        local_date  TEXT NOT NULL,
+        score       INTEGER NOT NULL,
+        parts       TEXT NOT NULL,           -- JSON: the formula's inputs and points
+        PRIMARY KEY (account, local_date)
+    ) WITHOUT ROWID;
+    ALTER TABLE received ADD COLUMN message_id TEXT;
+    ALTER TABLE received ADD COLUMN sender TEXT;
+    ALTER TABLE received ADD COLUMN cleaned INTEGER NOT NULL DEFAULT 0;       -- receiver's copy gone
+    ALTER TABLE received ADD COLUMN sent_cleaned INTEGER NOT NULL DEFAULT 0;  -- sender's Sent copy gone
+    CREATE INDEX received_mid ON received(message_id) WHERE message_id IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -382,6 +410,8 @@ class AccountState:
     paused_ms: int | None
     hold_until: str | None
     hold_reason: str | None
+    hold_cut: float = 1.0  # the share of the target planned on held days
+    graduated: str | None = None  # local date the account graduated
 
 
 def now_ms() -> int:
@@ -725,7 +755,7 @@ class Store:
         def q(con: sqlite3.Connection) -> dict[str, AccountState]:
             return {r[0]: AccountState(*r) for r in con.execute(
                 "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
-                "hold_reason FROM accounts")}
+                "hold_reason, hold_cut, graduated FROM accounts")}
         return await self.read(q)
 
     async def upsert_account(self, st: AccountState) -> None:
@@ -737,7 +767,7 @@ class Store:
             return
         stamp = now_ms()
         rows = [(st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
-                 st.hold_until, st.hold_reason, stamp) for st in states]
+                 st.hold_until, st.hold_reason, stamp, st.hold_cut, st.graduated) for st in states]
 
         text = _json(rows)
 
@@ -745,9 +775,10 @@ class Store:
             # One statement over one JSON text (see flush): a whole zone's states at once.
             con.execute(
                 "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
-                "hold_until, hold_reason, updated_ms) SELECT " + ", ".join(_J.format(k) for k in range(8))
-                + " FROM json_each(?1) j WHERE true "
+                "hold_until, hold_reason, updated_ms, hold_cut, graduated) SELECT "
+                + ", ".join(_J.format(k) for k in range(10)) + " FROM json_each(?1) j WHERE true "
                 "ON CONFLICT(email) DO UPDATE SET warmup_day=excluded.warmup_day, "
+                "hold_cut=excluded.hold_cut, graduated=excluded.graduated, "
                 "advanced_through=excluded.advanced_through, paused_reason=excluded.paused_reason, "
                 "paused_ms=excluded.paused_ms, hold_until=excluded.hold_until, "
                 "hold_reason=excluded.hold_reason, updated_ms=excluded.updated_ms", (text,))
@@ -1283,7 +1314,8 @@ class Store:
 
     async def record_received(self, send_id: int, account: str, folder: str, placement: str,
                               local_date: str, seen_ms: int, delay_ms: int | None, depth: int,
-                              actions: Sequence[tuple[str, int, str | None]]) -> list[ActionRow] | None:
+                              actions: Sequence[tuple[str, int, str | None]], message_id: str | None = None,
+                              sender: str | None = None) -> list[ActionRow] | None:
         """Record where a warmup message landed and plan the receiver's actions on it,
         together. None when it was recorded before (nothing is planned again)."""
         stamp = now_ms()
@@ -1291,8 +1323,9 @@ class Store:
         def fn(con: sqlite3.Connection) -> list[ActionRow] | None:
             cur = con.execute(
                 "INSERT OR IGNORE INTO received (send_id, account, folder, placement, local_date, "
-                "seen_ms, delay_ms, depth) VALUES (?,?,?,?,?,?,?,?)",
-                (send_id, account, folder, placement, local_date, seen_ms, delay_ms, depth))
+                "seen_ms, delay_ms, depth, message_id, sender) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (send_id, account, folder, placement, local_date, seen_ms, delay_ms, depth, message_id,
+                 sender))
             if cur.rowcount == 0:
                 return None
             out = []
@@ -1499,6 +1532,94 @@ class Store:
                               (token, stamp, account, client, replaces))
             return cur.rowcount == 1
         return await self.write(fn, "refresh token")
+
+    # ------------------------------------------------------------ reputation (reputation.py)
+
+    async def save_checks(self, kind: str, rows: Sequence[tuple[str, int, str, str]]) -> None:
+        """Keep the latest check of each subject: (subject, checked_ms, verdict, result JSON)."""
+        if not rows:
+            return
+        await self.write(lambda con: con.executemany(
+            "INSERT OR REPLACE INTO reputation_checks (kind, subject, checked_ms, verdict, result) "
+            "VALUES (?,?,?,?,?)", [(kind, *r) for r in rows]), "reputation checks")
+
+    async def load_checks(self, kind: str) -> list[tuple[str, int, str, str]]:
+        return await self.read(lambda con: [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in con.execute(
+            "SELECT subject, checked_ms, verdict, result FROM reputation_checks WHERE kind=?", (kind,))])
+
+    async def placement_by_day(self, sender: str, local_dates: Sequence[str]) -> dict[str, dict[str, int]]:
+        """{sender's local date: {placement: n}} of its warmup mail as received."""
+        if not local_dates:
+            return {}
+        q = ",".join("?" * len(local_dates))
+
+        def fn(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for d, placement, n in con.execute(
+                    "SELECT b.local_date, r.placement, count(*) FROM plan_batches b JOIN sends s ON s.id "
+                    "BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id=s.id WHERE b.account=? "
+                    f"AND b.local_date IN ({q}) GROUP BY b.local_date, r.placement", (sender, *local_dates)):
+                out.setdefault(str(d), {})[str(placement)] = int(n)
+            return out
+        return await self.read(fn)
+
+    async def sent_and_bounced(self, account: str, local_dates: Sequence[str]) -> tuple[int, int]:
+        """(sends that went out, of them bounced) of an account on these local dates."""
+        if not local_dates:
+            return 0, 0
+        q = ",".join("?" * len(local_dates))
+
+        def fn(con: sqlite3.Connection) -> tuple[int, int]:
+            r = con.execute(
+                "SELECT count(*), coalesce(sum(s.bounced), 0) FROM plan_batches b JOIN sends s ON s.id "
+                f"BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date IN ({q}) AND "
+                "s.status IN ('sent', 'uncertain')", (account, *local_dates)).fetchone()
+            return (int(r[0]), int(r[1])) if r else (0, 0)
+        return await self.read(fn)
+
+    async def save_health(self, rows: Sequence[tuple[str, str, int, str]]) -> None:
+        """(account, local date, score, parts JSON): today's score, replaced as the day goes."""
+        if rows:
+            await self.write(lambda con: con.executemany(
+                "INSERT OR REPLACE INTO health_days (account, local_date, score, parts) VALUES (?,?,?,?)",
+                rows), "health scores")
+
+    async def health_history(self, account: str, since: str) -> list[tuple[str, int, str]]:
+        """(local date, score, parts JSON) of an account's days from ``since`` on, oldest first."""
+        return await self.read(lambda con: [(str(r[0]), int(r[1]), str(r[2])) for r in con.execute(
+            "SELECT local_date, score, parts FROM health_days WHERE account=? AND local_date>=? "
+            "ORDER BY local_date", (account, since))], cold=True)
+
+    # ------------------------------------------------------------ mailbox hygiene (hygiene.py)
+
+    async def warmup_copies(self, account: str, message_ids: Sequence[str]) -> dict[str, str]:
+        """Of these Message-IDs, those of warmup mail ``account`` received (-> "received") or
+        sent and saw received (-> "sent"), and not cleaned up yet."""
+        if not message_ids:
+            return {}
+
+        def fn(con: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for i in range(0, len(message_ids), 500):
+                chunk = list(message_ids[i:i + 500])
+                q = ",".join("?" * len(chunk))
+                for mid, acc, sender, cleaned, sent_cleaned in con.execute(
+                        f"SELECT message_id, account, sender, cleaned, sent_cleaned FROM received WHERE "
+                        f"message_id IN ({q})", chunk):
+                    if acc == account and not cleaned:
+                        out[str(mid)] = "received"
+                    elif sender == account and not sent_cleaned and str(mid) not in out:
+                        out[str(mid)] = "sent"
+            return out
+        return await self.read(fn)
+
+    async def mark_cleaned(self, account: str, received: Sequence[str], sent: Sequence[str]) -> None:
+        def fn(con: sqlite3.Connection) -> None:
+            con.executemany("UPDATE received SET cleaned=1 WHERE account=? AND message_id=?",
+                            [(account, m) for m in received])
+            con.executemany("UPDATE received SET sent_cleaned=1 WHERE sender=? AND message_id=?",
+                            [(account, m) for m in sent])
+        await self.write(fn, "hygiene")
 
 
 def _keys(con: sqlite3.Connection, lo: int, hi: int) -> list[tuple[int, int, str]]:

@@ -78,6 +78,13 @@ def warmup_day_for(account: Account, day: date, stored: dict[str, tuple[int, str
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    if args.dns:
+        import asyncio
+
+        from .reputation import check_report
+
+        print(asyncio.run(check_report(cfg)))
+        return 0
     now = time.time()
     by_tz: dict[str, list[Account]] = {}
     for a in cfg.accounts:
@@ -207,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     chk = sub.add_parser("check", help="validate a config file and summarise it")
     chk.add_argument("--config", default="config.toml")
+    chk.add_argument("--dns", action="store_true",
+                     help="check each sender domain's MX, SPF, DKIM, DMARC and the blocklists, print a table")
     chk.set_defaults(func=cmd_check)
     pre = sub.add_parser("preview", help="print a day's plan for one account without writing anything")
     pre.add_argument("--config", default="config.toml")

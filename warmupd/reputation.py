@@ -32,6 +32,7 @@ import ipaddress
 import json
 import os
 import random
+import time
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 from . import health
 from .blocklists import Listing, check_names
 from .calendar import iso_utc
-from .config import Account, DnsSettings
+from .config import Account, Config, DnsSettings
 from .dnscheck import DNS, DomainReport, check_domain
 from .logs import get_logger
 from .store import AccountState, Store
@@ -418,4 +419,46 @@ class Reputation:
         return lines
 
 
-__all__ = ["BLOCKLIST_PAUSE", "DNS_HOLD", "Reputation", "ReputationHost"]
+async def check_report(cfg: Config) -> str:
+    """``warmupd check --dns``: every sender domain's checks and every name's blocklist
+    verdicts now, as a table (the daemon's own functions, the configured resolver)."""
+    s = cfg.daemon.dns
+    resolver = DNS(s.resolver, s.timeout)
+    params: dict[str, tuple[set[str], set[str]]] = {}
+    for a in cfg.accounts:
+        sel, ips = params.setdefault(a.domain.lower(), (set(), set()))
+        sel.update(a.reputation.dkim_selectors)
+        ips.update(a.reputation.sending_ips)
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(d: str) -> DomainReport:
+        async with sem:
+            return await check_domain(resolver, d, sorted(params[d][0]), sorted(params[d][1]))
+
+    reports = await asyncio.gather(*(one(d) for d in sorted(params)))
+    hosts = sorted({a.smtp.host for a in cfg.accounts if a.smtp is not None})
+    ips = {ip for _, i in params.values() for ip in i}
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h)
+            ips.add(h)
+        except ValueError:
+            ans = await resolver.addresses(h)
+            ips.update(ans.values if ans.status == "ok" else ())
+    listings = await check_names(resolver, sorted(ips), sorted(params), s.ip_blocklists, s.domain_blocklists,
+                                 time.time(), CONCURRENCY)
+    lines = [f"resolver: {s.resolver or 'system'}, timeout {s.timeout:g} s", "",
+             f"{'domain':<28} {'check':<16} {'verdict':<8} detail"]
+    for r in reports:
+        for c in r.checks:
+            lines.append(f"{r.domain:<28} {c.name:<16} {c.verdict:<8} {c.detail}")
+        lines.append(f"{r.domain:<28} {'overall':<16} {r.verdict:<8}")
+    lines += ["", f"{'name':<28} {'blocklist':<24} {'verdict':<8} detail"]
+    for x in listings:
+        lines.append(f"{x.name:<28} {x.zone:<24} {x.verdict:<8} {x.detail}")
+    if not listings:
+        lines.append("(no blocklist zones configured)")
+    return "\n".join(lines)
+
+
+__all__ = ["BLOCKLIST_PAUSE", "DNS_HOLD", "Reputation", "ReputationHost", "check_report"]

@@ -68,6 +68,10 @@ HOLD_DAYS = 3
 BOUNCE_WINDOW = 50
 ACTION_MAX_ATTEMPTS = 5
 FOLDERS_TRIED = ("Junk", "Spam", "Junk E-mail", "Junk Email", "INBOX.Junk", "INBOX.Spam", "[Gmail]/Spam")
+SENT_TRIED = ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent", "[Gmail]/Sent Mail")
+TRASH_TRIED = ("Trash", "Deleted Items", "Deleted Messages", "INBOX.Trash", "[Gmail]/Trash")
+HYGIENE_EVERY = 6 * 3600.0
+HYGIENE_FIRST = 60.0  # seconds after start: the connections are up, the start-up work done
 FETCH_HEADERS = "X-WARMUP-ID MESSAGE-ID IN-REPLY-TO REFERENCES SUBJECT FROM CONTENT-TYPE"
 
 REPLY_LINES = (
@@ -264,6 +268,8 @@ class Folders:
     inbox: str = "INBOX"
     junk: str | None = None
     archive: str | None = None
+    sent: str | None = None  # where the provider saves what the account sends (hygiene.py)
+    trash: str | None = None
 
 
 class Watcher:
@@ -454,6 +460,10 @@ class Watcher:
         else:
             f.junk = next((n for fl, n in boxes if "\\Junk" in fl), None) or \
                 next((n for n in FOLDERS_TRIED if n in names), None)
+        f.sent = next((n for fl, n in boxes if "\\Sent" in fl), None) or \
+            next((n for n in SENT_TRIED if n in names), None)
+        f.trash = next((n for fl, n in boxes if "\\Trash" in fl), None) or \
+            next((n for n in TRASH_TRIED if n in names), None)
         arch = self.account.engagement.archive_folder
         if arch:
             f.archive = arch if arch in names else None
@@ -602,6 +612,19 @@ class Watcher:
         else:
             await self._cmd(c.expunge())
 
+    async def delete(self, uids: Sequence[int]) -> None:
+        """Flag these messages of the selected folder \\Deleted and expunge just them
+        (UID EXPUNGE; without UIDPLUS a plain EXPUNGE, which also removes what others flagged)."""
+        assert self.client is not None
+        if not uids:
+            return
+        uid_set = ",".join(str(u) for u in uids)
+        await self._cmd(self.client.uid("store", uid_set, "+FLAGS.SILENT", "(\\Deleted)"))
+        if "UIDPLUS" in self.caps:
+            await self._cmd(self.client.uid("expunge", uid_set))
+        else:
+            await self._cmd(self.client.expunge())
+
     async def locate(self, send_id: int, message_id: str, folders: list[str | None]) -> tuple[str, int] | None:
         """(folder, uid) of the message of a send among ``folders``."""
         for folder in folders:
@@ -732,6 +755,7 @@ class Engagement:
             if a.imap is not None:
                 await self.refresh(a.email)
         self._spawn(self._refresh_loop())
+        self._spawn(self._hygiene_loop())
 
     def sync_accounts(self) -> None:
         """Start watchers for accounts that gained ``imap`` (after a reload), stop the others."""
@@ -1164,6 +1188,42 @@ class Engagement:
                 if a.imap is not None:
                     with contextlib.suppress(Exception):
                         await self.refresh(a.email)
+
+    async def _hygiene_loop(self) -> None:
+        await asyncio.sleep(_env_float("WARMUPD_HYGIENE_FIRST", HYGIENE_FIRST))
+        while not self.stopping:
+            await self.hygiene()
+            await asyncio.sleep(_env_float("WARMUPD_HYGIENE_INTERVAL", HYGIENE_EVERY))
+
+    async def hygiene(self) -> dict[str, int]:
+        """Clean old warmup mail out of every connected account's folders (hygiene.py);
+        {account: messages cleaned}."""
+        from .hygiene import clean
+
+        done: dict[str, int] = {}
+        for email_, w in list(self.watchers.items()):
+            eng = w.account.engagement
+            if eng.hygiene == "off" or eng.keep_days <= 0 or not w.connected:
+                continue
+
+            async def op(w: Watcher, eng: Any = eng, email_: str = email_) -> Any:
+                f = w.folders
+                folders = [(x, "received") for x in dict.fromkeys([f.inbox, f.junk, f.archive]) if x]
+                if f.sent:
+                    folders.append((f.sent, "sent"))
+                return await clean(w, self.store, email_, folders, f.trash, eng.hygiene, eng.keep_days,
+                                   self.host.now(), _headers)
+
+            try:
+                res = await w.call(op)
+            except Exception as e:  # a server that refuses: try again at the next round
+                self.log.warning("mailbox hygiene failed", account=email_, error=f"{type(e).__name__}: {e}")
+                continue
+            if res.total:
+                self.log.info("mailbox hygiene", account=email_, cleaned=res.by_folder, mode=eng.hygiene,
+                              keep_days=eng.keep_days)
+            done[email_] = res.total
+        return done
 
     def status(self) -> dict[str, Any]:
         """Each IMAP account's connection state."""

@@ -252,7 +252,8 @@ async def test_rescue_open_flag_reply_and_counts(clean_mailrig: MailRig, tmp_pat
             assert m["subject"].startswith("Re:")
             assert irt in str(m["headers"]["References"])
             assert m["headers"]["X-Warmup-Id"]
-            assert str(m["headers"]["From"]) == BOB
+            assert str(m["headers"]["From"]) == f"Bob <{BOB}>"  # the names derived from the addresses
+            assert str(m["headers"]["To"]) == f"Alice <{ALICE}>"
 
         # the replies are warmup mail too: alice opens them, but depth 2 = max: no reply back
         async def alice_opened() -> bool:

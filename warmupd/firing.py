@@ -249,7 +249,9 @@ class Firing:
         if row.kind == "reply" and self.build_reply is not None:
             message = await self.build_reply(account, row, instant)
         else:
-            message = build_message(account, row.recipient, row.message_id, row.id, instant, self.rng)
+            rcpt = self._config().account(row.recipient)
+            message = build_message(account, row.recipient, row.message_id, row.id, instant, self.rng,
+                                    recipient_name=rcpt.display_name if rcpt is not None else None)
 
         async def data_mark() -> None:
             row.data_mark = 1

@@ -59,6 +59,7 @@ from .oauth import TokenError
 from .planner import PlannedSend, day_target
 from .smtp import build_message
 from .store import AccountState, ActionRow, SendRow, Store
+from .templates import first_name
 from .thresholds import CUT_FACTOR, Verdict, bounce_verdict, junk_verdict
 from .timers import ACTION, SEND
 
@@ -1123,11 +1124,15 @@ class Engagement:
     async def build_reply(self, account: Account, row: SendRow, instant: float) -> bytes:
         """The message of a planned reply (called by the daemon when it sends one)."""
         text = await self.store.reply_text(row.id)
+        rcpt = self._account(row.recipient)
+        name = rcpt.display_name if rcpt is not None else None
         if text is None:  # no text on record: a plain warmup message rather than nothing
-            return build_message(account, row.recipient, row.message_id, row.id, instant, self.rng)
+            return build_message(account, row.recipient, row.message_id, row.id, instant, self.rng,
+                                 recipient_name=name)
         subject, body, in_reply_to, refs = text
         return build_message(account, row.recipient, row.message_id, row.id, instant, self.rng,
-                             subject=subject, body=body, in_reply_to=in_reply_to, references=refs)
+                             subject=subject, body=body, in_reply_to=in_reply_to, references=refs,
+                             recipient_name=name)
 
     # -------------------------------------------------------- counts
 
@@ -1281,8 +1286,8 @@ def compose_reply(orig: EmailMessage, account: Account, rng: random.Random) -> t
     quoted = "\n".join(("> " + ln) if ln.strip() else ">" for ln in _text_of(orig).rstrip().splitlines())
     when = _h(orig, "Date") or "earlier"
     body = (f"{greeting}\n\n{rng.choice(REPLY_LINES)}\n\n{rng.choice(SIGN_OFFS)},\n"
-            f"{account.email.partition('@')[0].capitalize()}\n\n"
-            f"On {when}, {sender_addr or 'you'} wrote:\n{quoted}\n")
+            f"{first_name(account.display_name)}\n\n"
+            f"On {when}, {sender_name or sender_addr or 'you'} wrote:\n{quoted}\n")
     mid = _h(orig, "Message-ID")
     old = re.findall(r"<[^<>\s]+>", _h(orig, "References"))
     chain = [*old[-9:], mid] if mid else old[-10:]

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 
 import aiosmtplib
 
 from .calendar import zone
-from .config import Account, Server
+from .config import Account, Server, name_from_address
 from .oauth import TokenError, oauthbearer, xoauth2
 from .templates import compose
 
@@ -63,14 +63,19 @@ class Result:
 
 def build_message(account: Account, recipient: str, message_id: str, send_id: int, at: float,
                   rng: random.Random, *, subject: str | None = None, body: str | None = None,
-                  in_reply_to: str | None = None, references: str | None = None) -> bytes:
-    """The RFC 5322 message: plain text, no links, no images, no tracking."""
+                  in_reply_to: str | None = None, references: str | None = None,
+                  recipient_name: str | None = None) -> bytes:
+    """The RFC 5322 message: plain text, no links, no images, no tracking. From and To
+    carry display names (``recipient_name``, else one derived from the address)."""
+    to_name = recipient_name or name_from_address(recipient)
     if subject is None or body is None:
-        subject, body = compose(rng, account.email, recipient, account.templates)
+        subject, body = compose(rng, account.email, recipient, account.templates,
+                                sender_name=account.display_name, recipient_name=to_name)
     if account.tag and not subject.startswith(account.tag):
         subject = f"{account.tag} {subject}"
     date = format_datetime(datetime.fromtimestamp(at, zone(account.timezone)))
-    headers = [("From", account.email), ("To", recipient), ("Subject", subject),
+    headers = [("From", formataddr((account.display_name, account.email))),
+               ("To", formataddr((to_name, recipient))), ("Subject", subject),
                # The Date a person's mail client would write: the sender's local time.
                ("Date", date), ("Message-ID", message_id)]
     if in_reply_to:

@@ -79,9 +79,18 @@ def load_file(path: Path) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def compose(rng: random.Random, sender: str, recipient: str, templates: Path | None = None) -> tuple[str, str]:
-    """A (subject, plain-text body) pair."""
-    first, me = _first(recipient), _first(sender)
+def first_name(display_name: str) -> str:
+    """The first word of a display name ("Nora Lind" -> "Nora")."""
+    words = display_name.replace('"', "").split()
+    return words[0] if words else "there"
+
+
+def compose(rng: random.Random, sender: str, recipient: str, templates: Path | None = None, *,
+            sender_name: str | None = None, recipient_name: str | None = None) -> tuple[str, str]:
+    """A (subject, plain-text body) pair; the greeting and the signature use the display
+    names when given (else a name derived from the address)."""
+    first = first_name(recipient_name) if recipient_name else _first(recipient)
+    me = first_name(sender_name) if sender_name else _first(sender)
     if templates is not None:
         subject, body = rng.choice(load_file(templates))
         return subject.format(first=first, me=me), body.format(first=first, me=me)

@@ -446,7 +446,8 @@ def engagement(draw: st.DrawFn, p_bad: int) -> dict[str, Any]:
         "archive_folder": draw(field_value(st.sampled_from(["", "Archive", "INBOX/Old"]),
                                            [5, ["A"]], p_bad)),
         "bounce_pause_rate": draw(field_value(rate, [-1, 5], p_bad)),
-        "hold_junk_rate": draw(field_value(rate, [1.0001], p_bad)),
+        # at most the default cut_junk_rate: the junk bands must rise
+        "hold_junk_rate": draw(field_value(st.floats(0, 0.25), [1.0001], p_bad)),
     }
 
 
@@ -1080,8 +1081,9 @@ def test_unknown_default_key_reported_once_where_it_is_formerly_known_defect(
             a["engagement"] = {"important_rate": 0.5}
     assert _problems(odd, "fixed-merged.toml", _with(patch)) == [
         "defaults.ramp.typo: unknown key; valid keys: max, start, step",
-        "defaults.engagement.typo: unknown key; valid keys: archive_folder, bounce_pause_rate, "
-        "delay, hold_junk_rate, important_rate, max_thread_depth, reply_rate",
+        "defaults.engagement.typo: unknown key; valid keys: archive_folder, bounce_min_sample, "
+        "bounce_pause_rate, cut_junk_rate, delay, hold_junk_rate, hold_min_sample, hygiene, important_rate, "
+        "keep_days, max_thread_depth, pause_junk_rate, reply_rate",
         "defaults.engagement.delay: must be a range of durations like \"3m-4h\", got '4h-3m'"]
 
     def patch2(d: dict[str, Any]) -> None:

@@ -1561,7 +1561,7 @@ class Store:
                     f"AND b.local_date IN ({q}) GROUP BY b.local_date, r.placement", (sender, *local_dates)):
                 out.setdefault(str(d), {})[str(placement)] = int(n)
             return out
-        return await self.read(fn)
+        return await self.read(fn, cold=True)  # the health loop's: never ahead of a send's read
 
     async def sent_and_bounced(self, account: str, local_dates: Sequence[str]) -> tuple[int, int]:
         """(sends that went out, of them bounced) of an account on these local dates."""
@@ -1575,7 +1575,7 @@ class Store:
                 f"BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date IN ({q}) AND "
                 "s.status IN ('sent', 'uncertain')", (account, *local_dates)).fetchone()
             return (int(r[0]), int(r[1])) if r else (0, 0)
-        return await self.read(fn)
+        return await self.read(fn, cold=True)
 
     async def save_health(self, rows: Sequence[tuple[str, str, int, str]]) -> None:
         """(account, local date, score, parts JSON): today's score, replaced as the day goes."""

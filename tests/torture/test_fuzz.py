@@ -1056,10 +1056,11 @@ def test_control_characters_in_key_paths_formerly_known_defect(odd: Odd,
     path.write_text(_with(patch))
     res = run_check(path)
     assert res.rc == EX_CONFIG and "\x1b" not in res.err, res.err
-    valid = ("engagement, extra_recipients, holidays, jitter, max_attempts, max_per_hour, "
-             "micro_jitter, min_gap, periods, ramp, tag, templates, timezone, weekdays")
+    valid = ("dkim_selectors, dns_required, engagement, extra_recipients, graduate_day, graduate_score, "
+             "holidays, jitter, maintenance_per_day, max_attempts, max_per_hour, "
+             "micro_jitter, min_gap, periods, ramp, sending_ips, tag, templates, timezone, weekdays")
     assert res.err.splitlines()[1:] == [
-        '  "": unknown key; valid keys: accounts, daemon, defaults',
+        '  "": unknown key; valid keys: accounts, daemon, defaults, oauth',
         f'  defaults."new\\u000Aline": unknown key; valid keys: {valid}',
         f'  defaults."\\u001B[2J": unknown key; valid keys: {valid}',
         f'  defaults."a\\u2028b \\"q\\" \\\\": unknown key; valid keys: {valid}',

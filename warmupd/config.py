@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import glob
+import ipaddress
 import json
 import math
 import os
@@ -273,6 +274,13 @@ class DaemonSettings:
     # the systemd watchdog (so that systemd restarts a daemon that can no longer persist).
     store_stall_limit: float = 300.0
     dns: DnsSettings = field(default_factory=DnsSettings)
+    # The planner's seed: each account-day's plan draws from (seed, account, date), so
+    # `warmupd simulate --seed` with the same seed shows the plan the daemon will make.
+    # None: a seed drawn at each start.
+    seed: int | None = None
+    # The live page and /metrics (web.py): (host, port), None when off.
+    http: tuple[str, int] | None = None
+    http_allow_remote: bool = False  # a non-loopback http address is refused without it
 
     @property
     def database(self) -> Path:
@@ -382,6 +390,7 @@ _DAEMON_KEYS = {
     "state_dir", "grace", "retention", "log_format", "log_level", "socket",
     "max_concurrent_sends", "shutdown_timeout", "include", "store_stall_limit",
     "resolver", "dns_timeout", "dns_interval", "blocklist_interval", "ip_blocklists", "domain_blocklists",
+    "seed", "http", "http_allow_remote",
 }
 _DEFAULT_KEYS = {
     "timezone", "weekdays", "holidays", "jitter", "micro_jitter", "min_gap", "max_per_hour",
@@ -613,6 +622,33 @@ def _str(c: _Collector, value: Any, path: str) -> str | None:
         c.add(path, f"must be a string, got {value!r}")
         return None
     return value
+
+
+def _http_address(c: _Collector, d: dict[str, Any]) -> tuple[str, int] | None:
+    """``daemon.http`` ("127.0.0.1:8025", "[::1]:8025") as (host, port). A non-loopback
+    host needs ``http_allow_remote = true``: the page has no authentication of its own."""
+    raw = d.get("http")
+    remote = d.get("http_allow_remote", False)
+    if not isinstance(remote, bool):
+        c.add("daemon.http_allow_remote", f"must be true or false, got {remote!r}")
+        remote = False
+    if raw is None:
+        return None
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", raw) if isinstance(raw, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 65535:
+        c.add("daemon.http", f'must be "host:port" like "127.0.0.1:8025", got {raw!r}')
+        return None
+    host, port = m.group(1), int(m.group(2))
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not remote:
+        c.add("daemon.http", f"{host} is not a loopback address: the page has no authentication; "
+                             "put it behind a reverse proxy that authenticates and set "
+                             "daemon.http_allow_remote = true")
+        return None
+    return host, port
 
 
 def _no_nul(c: _Collector, value: str, path: str) -> str | None:
@@ -1506,6 +1542,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     stop_to = _dur(c, d.get("shutdown_timeout", "30s"), "daemon.shutdown_timeout", positive=True)
     stall = _dur(c, d.get("store_stall_limit", "5m"), "daemon.store_stall_limit", positive=True)
     dns_settings = _dns_settings(c, d)
+    seed = None if d.get("seed") is None else _num(c, d["seed"], "daemon.seed", lo=0, integer=True)
+    http = _http_address(c, d)
 
     defaults_raw = _table(c, data.get("defaults"), "defaults")
     c.unknown_keys(defaults_raw, _DEFAULT_KEYS, "defaults")
@@ -1659,7 +1697,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     daemon = DaemonSettings(state_dir=state_dir, socket=socket_path, grace=grace,
                             retention=retention, log_format=log_format,
                             log_level=log_level.lower(), max_concurrent_sends=mcs,
-                            shutdown_timeout=stop_to, store_stall_limit=stall, dns=dns_settings)
+                            shutdown_timeout=stop_to, store_stall_limit=stall, dns=dns_settings,
+                            seed=seed, http=http, http_allow_remote=d.get("http_allow_remote") is True)
     return Config(path=path, daemon=daemon, accounts=tuple(accounts), oauth=clients[0])
 
 

@@ -247,11 +247,13 @@ def recipients_for(sender_index: int, count: int, pool: Sequence[str], extras: S
 
 def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
              pool: Pool, *, not_before: float | None = None, already_sent: int = 0,
-             target: int | None = None) -> list[PlannedSend]:
+             target: int | None = None, ids: random.Random | None = None) -> list[PlannedSend]:
     """The day's planned sends for ``account``, in time order.
 
     ``pool`` is every account of the pool; ``not_before`` plans only
     the rest of a day under way, counting ``already_sent`` against the target.
+    ``ids`` draws the Message-IDs (``rng`` when None): a seeded plan drawn again
+    for the same account-day must not hand out the same Message-IDs twice.
     """
     if day < account.start_date or warmup_day < 1 or not is_sending_day(account.schedule, day):
         return []
@@ -270,7 +272,7 @@ def plan_day(account: Account, day: date, warmup_day: int, rng: random.Random,
     # Recipients in a random order across the day, so pairs don't follow the clock.
     rng.shuffle(recips)
     domain = account.domain
-    getrandbits = rng.getrandbits
+    getrandbits = (ids or rng).getrandbits
     out: list[PlannedSend] = []
     append = out.append
     for (t, name), r in zip(times, recips, strict=True):

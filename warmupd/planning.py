@@ -23,7 +23,7 @@ from .calendar import day_bounds, iso_utc, local_date, next_sending_day, project
 from .config import Account, Config
 from .firing import Clock, Spawn
 from .logs import get_logger
-from .planner import Pool, day_target, new_send_target, plan_day
+from .planner import PlannedSend, Pool, day_target, new_send_target, plan_day
 from .store import AccountState, PlanBuilder, Store
 
 T = TypeVar("T")
@@ -33,6 +33,51 @@ SLICE = 0.002  # seconds of planning on the loop's thread between two looks at t
 PLAN_LEAD = 10.0  # seconds: no send is placed sooner after its account-day is planned (chunk written, timers held)
 BACKGROUND_AT = 2000  # account-days: a larger start-up plan runs while the daemon answers
 ROLLOVER_BACKOFF = (1.0, 60.0)
+
+
+# ---------------------------------------------------------------- the pure rules
+# The daemon and the simulator (simulate.py) both plan through these: what
+# `warmupd simulate` shows is what the daemon plans for the same config and seed.
+
+
+def plan_rng(seed: int, email: str, day: date) -> random.Random:
+    """The random draws of one account-day's plan. Seeded by (seed, account, date), so
+    a plan does not depend on what else the daemon drew before it (sends, engagement)
+    nor on the order in which a pool is planned."""
+    return random.Random(f"warmupd-plan-{seed}-{email}-{day.isoformat()}")
+
+
+def hold_factor(hold_until: str | None, hold_cut: float, day: date) -> float:
+    """The share of the target planned on ``day``: ``hold_cut`` while the ramp is held
+    (until ``hold_until``, exclusive; thresholds.py's junk bands set the cut), else all."""
+    return hold_cut if hold_until and day.isoformat() < hold_until else 1.0
+
+
+def plan_account_day(account: Account, day: date, wday: int, rng: random.Random, pool: Pool, *,
+                     not_before: float | None = None, already_sent: int = 0, cut: float = 1.0,
+                     ids: random.Random | None = None, graduated: bool = False) -> tuple[int, list[PlannedSend]]:
+    """One account-day's target (new sends; replies come on top) and planned sends."""
+    target = new_send_target(account, day_target(account, wday, graduated))
+    if cut != 1.0:
+        target = round(target * cut)
+    return target, plan_day(account, day, wday, rng, pool, not_before=not_before,
+                            already_sent=already_sent, target=target, ids=ids)
+
+
+def initial_warmup_day(account: Account, today: date) -> int:
+    """An account first seen on ``today``: the Nth sending day since start_date (at least 1)."""
+    first = next_sending_day(account, today) or today
+    return max(1, projected_warmup_day(account, first))
+
+
+def advance(warmup_day: int, advanced_through: str, until: str, sent_dates: Iterable[str],
+            hold_until: str | None) -> tuple[int, int]:
+    """The warmup day once the days in (advanced_through, until] are counted: +1 for each
+    on which the account sent, except days before ``hold_until`` (a held ramp does not
+    grow). Returns (warmup day, days counted)."""
+    counted = [d for d in sent_dates if advanced_through < d <= until
+               and not (hold_until and d < hold_until)]
+    return warmup_day + len(counted), len(counted)
 
 
 class Timers(Protocol):
@@ -47,7 +92,8 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
                            hold_cut: Callable[[Account, date], float] | None = None,
                            progress: Callable[[int], None] | None = None, slice_s: float = SLICE,
                            clock: Callable[[], float] | None = None, lead: float = 0.0,
-                           graduated: Callable[[Account], bool] | None = None) -> int:
+                           graduated: Callable[[Account], bool] | None = None,
+                           seed: int | None = None) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
     Planning runs on the loop's thread in slices of ``slice_s`` (a few account-days
@@ -63,6 +109,9 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     the moment its account-day is planned: by then its chunk is written and its
     timers held, so a large plan never makes its own first sends late.
 
+    With ``seed``, each account-day draws from ``plan_rng(seed, account, day)`` (and
+    its Message-IDs from ``rng``); without, every draw comes from ``rng`` in turn.
+
     The cyclic garbage collector is paused meanwhile: planning allocates millions
     of acyclic objects, and each of its passes would walk every live object again
     (a fifth of the time at 4 M sends)."""
@@ -70,7 +119,7 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     gc.disable()
     try:
         return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s,
-                                       clock, lead, graduated)
+                                       clock, lead, graduated, seed)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -81,7 +130,7 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                             hold_cut: Callable[[Account, date], float] | None,
                             progress: Callable[[int], None] | None, slice_s: float,
                             now: Callable[[], float] | None, lead: float,
-                            graduated: Callable[[Account], bool] | None = None) -> int:
+                            graduated: Callable[[Account], bool] | None, seed: int | None) -> int:
     total = 0
     done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
@@ -114,12 +163,11 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                 earliest = now() + lead
                 if not_before is not None or earliest > day_bounds(account.timezone, day)[0]:
                     not_before = max(not_before or earliest, earliest)
-            target = new_send_target(account, day_target(account, wday, graduated is not None and
-                                                         graduated(account)))
-            if hold_cut is not None:
-                target = round(target * hold_cut(account, day))
-            sends = plan_day(account, day, wday, rng, pool, not_before=not_before,
-                             already_sent=already, target=target)
+            day_rng = rng if seed is None else plan_rng(seed, account.email, day)
+            target, sends = plan_account_day(
+                account, day, wday, day_rng, pool, not_before=not_before, already_sent=already,
+                cut=1.0 if hold_cut is None else hold_cut(account, day), ids=rng,
+                graduated=graduated is not None and graduated(account))
             builder.add_day(account.email, day.isoformat(), wday, target, sends)
             total += len(sends)
             if builder.days >= chunk:
@@ -158,6 +206,7 @@ class Planning:
         self.store = store
         self.clock = clock
         self.rng = rng
+        self._start_seed = rng.getrandbits(63)
         self.timers = timers
         self._spawn = spawn
         self.log = get_logger("warmupd")
@@ -167,6 +216,12 @@ class Planning:
         self._last_cleanup = 0.0
         self._stopping = False
         self.progress: dict[str, Any] | None = None  # a plan being made in the background
+
+    @property
+    def seed(self) -> int:
+        """Plans draw from (seed, account, date): ``daemon.seed``, else one drawn at start."""
+        seed = self._config().daemon.seed
+        return self._start_seed if seed is None else seed
 
     def now(self) -> float:
         return self.clock.now()
@@ -192,9 +247,7 @@ class Planning:
     # ------------------------------------------------------------ warmup days
 
     def _init_state(self, account: Account, today: date) -> AccountState:
-        first = next_sending_day(account, today) or today
-        wday = max(1, projected_warmup_day(account, first))
-        return AccountState(account.email, wday, (today - timedelta(days=1)).isoformat(),
+        return AccountState(account.email, initial_warmup_day(account, today), (today - timedelta(days=1)).isoformat(),
                             None, None, None, None)
 
     async def _advance_many(self, todays: dict[str, tuple[Account, date]]) -> list[AccountState]:
@@ -218,21 +271,18 @@ class Planning:
             until_max = max(u for _, u in behind.values())
             sent = await self.store.sent_dates_many(list(behind), after, until_max)
             async for email, (st, until) in _paced(behind.items()):
-                days = [d for d in sent.get(email, ()) if st.advanced_through < d <= until]
-                counted = [d for d in days if not (st.hold_until and d < st.hold_until)]
-                st.warmup_day += len(counted)
+                st.warmup_day, counted = advance(st.warmup_day, st.advanced_through, until,
+                                                 sent.get(email, ()), st.hold_until)
                 if counted:
                     self.log.info("warmup day advanced", account=email, warmup_day=st.warmup_day,
-                                  days_counted=len(counted))
+                                  days_counted=counted)
                 st.advanced_through = until
                 changed.append(st)
         return changed
 
     def hold_cut(self, account: Account, day: date) -> float:
         st = self.states.get(account.email)
-        if st and st.hold_until and day.isoformat() < st.hold_until:
-            return st.hold_cut
-        return 1.0
+        return hold_factor(st.hold_until if st else None, st.hold_cut if st else 1.0, day)
 
     def graduated(self, account: Account) -> bool:
         st = self.states.get(account.email)
@@ -297,7 +347,7 @@ class Planning:
 
         n = await plan_and_persist(self.store, items, self.rng, self.pool, on_keys=self.timers.schedule_keys,
                                    hold_cut=self.hold_cut, progress=progress, clock=self.now, lead=PLAN_LEAD,
-                                   graduated=self.graduated)
+                                   graduated=self.graduated, seed=self.seed)
         if len(items) <= 50:
             for a, day, wday, not_before, already in items:
                 self.log.info("planned", account=a.email, date=day.isoformat(), warmup_day=wday,

@@ -3,6 +3,7 @@
 #   dovecot-imapd, dovecot-lmtpd  the IMAP/LMTP mail rig (tests/rig/mailrig.py)
 #   faketime                      libfaketime, to start a daemon at a chosen moment (rollover, DST)
 #   nsd, dnsutils                 an authoritative DNS server for the domain checks (tests/rig/dns_server.py), dig
+#   chromium                      a real headless browser for the report tests (tests/test_report_browser.py)
 #
 # Idempotent: installs only what is missing, with one apt-get call.
 # Packaged services must never start (the stock Dovecot would take port 143, the
@@ -17,6 +18,7 @@ WANT=(
     "faketime:/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
     "nsd:/usr/sbin/nsd"
     "dnsutils:/usr/bin/dig"
+    "chromium:/usr/bin/chromium"
 )
 
 missing=()

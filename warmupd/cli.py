@@ -199,6 +199,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import run_cli
+
+    return run_cli(_load(args.config), days=args.days, start=args.start, seed=args.seed,
+                   junk_rate=args.junk_rate, bounce_rate=args.bounce_rate, as_json=args.json,
+                   report=args.report)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import main as daemon_main
 
@@ -240,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", help="the accounts file to write (default accounts.d/<csv name>.toml)")
     imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     imp.set_defaults(func=cmd_import_accounts)
+    sim = sub.add_parser("simulate", help="play the next days of the pool on a virtual clock (nothing sent or written)")
+    sim.add_argument("--config", default="config.toml")
+    sim.add_argument("--days", type=int, default=30, help="local days to play (default 30)")
+    sim.add_argument("--start", help="first local date YYYY-MM-DD (default: today)")
+    sim.add_argument("--seed", type=int, help="the plan's seed (default: daemon.seed, else a random one)")
+    sim.add_argument("--junk-rate", type=float, default=0.0, help="share of received mail placed in junk (what-if)")
+    sim.add_argument("--bounce-rate", type=float, default=0.0, help="share of sends that bounce (what-if)")
+    sim.add_argument("--json", action="store_true", help="print the run as JSON")
+    sim.add_argument("--report", metavar="OUT.html", help="also write the HTML report there")
+    sim.set_defaults(func=cmd_simulate)
     return p
 
 

@@ -147,6 +147,43 @@ def next_window(account: Account, t: float, rng: random.Random, *, spread: float
 # ---------------------------------------------------------------- IMAP parsing helpers
 
 
+def plan_actions(receiver: Account, placement: str, depth: int, now: float,
+                 rng: random.Random) -> list[tuple[str, int, str | None]]:
+    """What ``receiver`` does with a warmup message that landed in ``placement`` at
+    ``now``: (kind, due_ms, detail) in order, each after a human delay inside its windows.
+    Pure (the simulator plays the same decisions)."""
+    eng = receiver.engagement
+
+    def later(t: float) -> float:
+        return next_window(receiver, t + human_delay(eng.delay_min, eng.delay_max, rng), rng,
+                           spread=eng.delay_min)
+
+    acts: list[tuple[str, int, str | None]] = []
+    t = now
+    if placement == "junk":
+        t = later(t)
+        acts.append(("rescue", int(t * 1000), None))
+    t = later(t)
+    acts.append(("open", int(t * 1000), "important" if rng.random() < eng.important_rate else None))
+    if depth < eng.max_thread_depth and rng.random() < eng.reply_rate:
+        t = later(t)
+        acts.append(("reply", int(t * 1000), None))
+    if eng.archive_folder:
+        t = later(t)
+        acts.append(("archive", int(t * 1000), None))
+    return acts
+
+
+def hold_due(junk: int, total: int, rate: float) -> bool:
+    """The ramp is held when more than ``rate`` of the sender's recent mail landed in junk."""
+    return bool(total) and junk / total > rate
+
+
+def pause_due(bounced: int, total: int, rate: float) -> bool:
+    """The sender is paused when more than ``rate`` of its last sends bounced."""
+    return bool(total) and bounced / total > rate
+
+
 def quote_mailbox(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_./&+-]+", name):
         return name
@@ -795,26 +832,7 @@ class Engagement:
         if await self.store.was_received(row.id, receiver.email):
             return
         now = self.host.now()
-        eng = receiver.engagement
-        rng = self.rng
-
-        def later(t: float) -> float:
-            return next_window(receiver, t + human_delay(eng.delay_min, eng.delay_max, rng), rng,
-                               spread=eng.delay_min)
-
-        acts: list[tuple[str, int, str | None]] = []
-        t = now
-        if placement == "junk":
-            t = later(t)
-            acts.append(("rescue", int(t * 1000), None))
-        t = later(t)
-        acts.append(("open", int(t * 1000), "important" if rng.random() < eng.important_rate else None))
-        if depth < eng.max_thread_depth and rng.random() < eng.reply_rate:
-            t = later(t)
-            acts.append(("reply", int(t * 1000), None))
-        if eng.archive_folder:
-            t = later(t)
-            acts.append(("archive", int(t * 1000), None))
+        acts = plan_actions(receiver, placement, depth, now, self.rng)
         sent_ms = row.sent_at_ms or row.at_ms
         delay_ms = max(0, int(now * 1000) - sent_ms)
         day = local_date(receiver.timezone, now).isoformat()

@@ -341,6 +341,17 @@ class Commands:
         self._parts()
         return await self.d.reload()
 
+    async def cmd_report(self, days: str | None = None) -> dict[str, Any]:
+        """The HTML report of the last ``days`` (default 14) local days (report.py)."""
+        from .report import live_report, report_days
+
+        store, _, firing = self._parts()
+        try:
+            n = report_days(days)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        return {"days": n, "html": await live_report(self.d.config, store, firing.now(), n)}
+
     async def cmd_metrics(self) -> str:
         _, planning, firing = self._parts()
         m = self.d.metrics

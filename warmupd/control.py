@@ -86,6 +86,8 @@ class ControlHandler(Protocol):
 
     async def cmd_version(self) -> dict[str, Any]: ...
 
+    async def cmd_report(self, days: str | None) -> dict[str, Any]: ...
+
 
 # command -> (required string args, optional string-or-null args)
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -97,6 +99,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reload": ((), ()),
     "metrics": ((), ()),
     "version": ((), ()),
+    "report": ((), ("days",)),
 }
 # Commands that change something: logged at info with the peer's uid.
 _MUTATING = frozenset({"pause", "resume", "reload"})
@@ -473,5 +476,7 @@ class ControlServer:
             return lambda: h.cmd_pause(args["account"], args["reason"])
         if cmd == "resume":
             return lambda: h.cmd_resume(args["account"])
+        if cmd == "report":
+            return lambda: h.cmd_report(args["days"])
         method: Callable[[], Awaitable[Any]] = getattr(h, f"cmd_{cmd}")
         return method

@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", parents=[after], help="re-read the configuration file")
     sub.add_parser("metrics", parents=[after], help="Prometheus metrics text")
     sub.add_parser("version", parents=[after], help="the daemon's version")
+    sp = sub.add_parser("report", help="write the HTML report of what the daemon did")
+    sp.add_argument("--days", type=int, default=14, metavar="N", help="local days, up to today (default 14)")
+    sp.add_argument("--out", required=True, metavar="FILE.html", help="where to write it (- for stdout)")
     return p
 
 
@@ -418,13 +421,16 @@ def _request_for(a: argparse.Namespace) -> dict[str, Any]:
             req["reason"] = a.reason
     elif a.command == "resume":
         req["account"] = a.email
+    elif a.command == "report":
+        req["days"] = str(a.days)
     return req
 
 
 def _run(a: argparse.Namespace) -> int:
     path = resolve_socket(a.socket, a.config)
     try:
-        reply = request(path, _request_for(a), a.timeout)
+        # A report over a large pool takes the daemon a while to gather.
+        reply = request(path, _request_for(a), max(a.timeout, 120.0) if a.command == "report" else a.timeout)
     except _Unavailable as e:
         print(f"warmupctl: {e}; {_HINT}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -436,6 +442,8 @@ def _run(a: argparse.Namespace) -> int:
         return EX_ERROR
     result = reply.get("result")
     cmd = a.command
+    if cmd == "report":
+        return _write_report(result, a.out)
     if a.json:
         if cmd == "metrics" and isinstance(result, str):
             sys.stdout.write(result if result.endswith("\n") or not result else result + "\n")
@@ -464,6 +472,23 @@ def _run(a: argparse.Namespace) -> int:
         print(render_version(result))
     elif cmd == "reload":
         return _print_reload(result)
+    return EX_OK
+
+
+def _write_report(result: Any, out: str) -> int:
+    html = result.get("html") if isinstance(result, dict) else None
+    if not isinstance(html, str):
+        print("warmupctl: the daemon's report reply holds no HTML", file=sys.stderr)
+        return EX_PROTOCOL
+    if out == "-":
+        sys.stdout.write(html)
+        return EX_OK
+    try:
+        Path(out).write_text(html, encoding="utf-8")
+    except OSError as e:
+        print(f"warmupctl: cannot write the report to {out}: {e.strerror or e}", file=sys.stderr)
+        return EX_ERROR
+    print(f"report of the last {result.get('days')} days written to {out}")
     return EX_OK
 
 

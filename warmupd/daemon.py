@@ -84,6 +84,7 @@ class Daemon:
         self.reputation: Any = None  # reputation.Reputation: DNS, blocklists, health
         self.commands = Commands(self)
         self.control: Any = None
+        self.web: Any = None  # web.LivePage when daemon.http is set
         self.ready = False
         self.exit_code = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -164,6 +165,7 @@ class Daemon:
     async def start(self) -> None:
         self._lock_state()
         await self._start_control()
+        await self._start_web()
         try:
             self.store = await Store.open(self.config.daemon.database)
         except StoreError as e:
@@ -281,6 +283,21 @@ class Daemon:
                     await self.planning.pause(account.email, missing[account.email])
             elif reason is not None and reason.startswith(OAUTH_MISSING):
                 await self.planning.resume(account.email)
+
+    async def _start_web(self) -> None:
+        """The live page and /metrics (web.py), when ``daemon.http`` is set."""
+        if self.config.daemon.http is None:
+            return
+        from .web import LivePage
+
+        host, port = self.config.daemon.http
+        self.web = LivePage(host, port, self.commands)
+        try:
+            await self.web.start()
+        except OSError as e:
+            self.web = None
+            raise DaemonError(EX_CANTCREAT, f"cannot listen on daemon.http {host}:{port}: {e.strerror or e}; "
+                                            "pick a free port or remove daemon.http") from None
 
     def _paused(self, email: str) -> str | None:
         return self.planning.paused_reason(email) if self.planning is not None else None
@@ -472,6 +489,8 @@ class Daemon:
             await self.tokens.close()
         if self.reputation is not None:
             await self.reputation.stop()
+        if self.web is not None:
+            await self.web.close()
         if self.control is not None:
             await self.control.close()
         if self.store is not None:

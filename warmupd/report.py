@@ -12,15 +12,19 @@ are drawn as bands and the busiest rows, never one unreadable chart.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
-from .calendar import to_local
+from .calendar import iso_utc, local_date, to_local, why_not_sending, zone
 from .config import Account, Config, Schedule
+from .imap import HOLD_DAYS
+from .store import ReportRows, Store
 
 MULTIPLES_UP_TO = 60  # accounts drawn one small chart each; a larger pool gets a band
 MATRIX_UP_TO = 60  # senders x recipients drawn as a matrix (the busiest, beyond)
@@ -78,7 +82,9 @@ class Tally:
         self.hours: dict[str, list[int]] = {}
         self.gaps = [0] * len(GAP_EDGES)
         self.weekdays = [0] * 7
-        self.pairs: Counter[tuple[str, str]] = Counter()
+        self.pairs: Counter[tuple[str, str]] = Counter()  # may hold only the busiest senders' pairs
+        self.sent_by: Counter[str] = Counter()
+        self.received_by: Counter[str] = Counter()
         self.lateness = [0] * (len(LATE_EDGES) + 1)  # [early, then one per edge]
         self.spans: list[Span] = []
 
@@ -101,6 +107,8 @@ class Tally:
                 hours = self.hours[period] = [0] * 24
             hours[to_local(tz, at).hour] += 1
             self.pairs[(account.email, recipient)] += 1
+            self.received_by[recipient] += 1
+        self.sent_by[account.email] += len(times)
         self.weekdays[day.weekday()] += len(times)
         for (a, _, _), (b, _, _) in zip(times, times[1:], strict=False):
             self.gaps[_bin(GAP_EDGES, b - a)] += 1
@@ -408,12 +416,9 @@ def _weekdays(t: Tally) -> str:
 
 
 def _matrix(t: Tally) -> str:
-    senders: Counter[str] = Counter()
-    for (s, _), n in t.pairs.items():
-        senders[s] += n
     emails = [a.email for a in t.accounts]
     if len(emails) > MATRIX_UP_TO:
-        busiest = {e for e, _ in senders.most_common(MATRIX_UP_TO)}
+        busiest = {e for e, _ in t.sent_by.most_common(MATRIX_UP_TO)}
         emails = [e for e in emails if e in busiest]
     cell = max(6, min(22, 600 // max(1, len(emails))))
     left, top = 170, 20
@@ -436,11 +441,7 @@ def _matrix(t: Tally) -> str:
 
 
 def _balance(t: Tally) -> str:
-    sent: Counter[str] = Counter()
-    got: Counter[str] = Counter()
-    for (s, r), n in t.pairs.items():
-        sent[s] += n
-        got[r] += n
+    sent, got = t.sent_by, t.received_by
     w, h, left, top = 440, 300, 50, 20
     pw, ph = w - left - 20, h - top - 50
     vmax = _nice_max(max([*sent.values(), *got.values(), 1]))
@@ -662,3 +663,145 @@ def render(t: Tally, config: Config, *, title: str, meta: Sequence[str], live: b
 
 def date_range(first: date, days: int) -> list[date]:
     return [first + timedelta(days=i) for i in range(days)]
+
+
+# ---------------------------------------------------------------- from the store
+
+
+def report_dates(config: Config, now: float, days: int) -> list[date]:
+    """The last ``days`` local dates, up to the latest "today" among the pool's zones."""
+    last = max((local_date(a.timezone, now) for a in config.accounts), default=date.today())
+    return date_range(last - timedelta(days=days - 1), days)
+
+
+def noon_offsets(accounts: Sequence[Account], dates: Sequence[date]) -> list[list[object]]:
+    """[account, local date, UTC offset in minutes at local noon]: the local hour of a send
+    (DST changes at night, windows are by day)."""
+    out: list[list[object]] = []
+    by_tz: dict[tuple[str, date], int] = {}
+    for a in accounts:
+        for d in dates:
+            off = by_tz.get((a.timezone, d))
+            if off is None:
+                noon = datetime.combine(d, datetime.min.time().replace(hour=12), zone(a.timezone))
+                delta = noon.utcoffset()
+                off = by_tz[(a.timezone, d)] = int(delta.total_seconds() // 60) if delta else 0
+            out.append([a.email, d.isoformat(), off])
+    return out
+
+
+def tally_rows(config: Config, rows: ReportRows, dates: Sequence[date]) -> Tally:
+    """A Tally of what the daemon did, from ``Store.report_rows``."""
+    t = Tally(config.accounts, dates)
+    by_email = {a.email: a for a in config.accounts}
+    in_range = {d.isoformat(): d for d in dates}
+
+    def row(email: str, day: str) -> DayRow | None:
+        d = in_range.get(day)
+        return t.row(email, d) if d is not None and email in by_email else None
+
+    for a in config.accounts:
+        for d in dates:
+            t.row(a.email, d).off = why_not_sending(a, d)
+    for email, day, wday, target in rows.days:
+        if (r := row(email, day)) is not None:
+            r.warmup_day, r.target = wday, target
+    for email, day, kind, status, reason, n, bounced in rows.statuses:
+        if (r := row(email, day)) is None:
+            continue
+        if kind == "reply":
+            r.replies += n
+        else:
+            r.planned += n
+        r.bounced += bounced
+        if status == "sent":
+            r.sent += n
+        elif status in ("pending", "sending"):
+            r.pending += n
+        elif status == "failed":
+            r.failed += n
+        elif status == "uncertain":
+            r.uncertain += n
+        else:
+            r.skipped[reason.split(":")[0] or "skipped"] += n
+            r.held = r.held or reason == "hold"
+            r.paused = r.paused or reason.startswith("paused")
+    for period, hour, n in rows.hours:
+        t.hours.setdefault(period, [0] * 24)[hour] += n
+    for b, n in rows.gaps:
+        t.gaps[max(0, b)] += n
+    for b, n in rows.late:
+        t.lateness[0 if b < 0 else b + 1] += n
+    for day, n in rows.weekdays:
+        t.weekdays[date.fromisoformat(day).weekday()] += n
+    t.sent_by.update(dict(rows.sent_by))
+    t.received_by.update(dict(rows.received_by))
+    t.pairs.update({(s, r): n for s, r, n in rows.pairs})
+    for email, day, placement, n in rows.placements:
+        if (r := row(email, day)) is not None:
+            if placement == "junk":
+                r.junk += n
+            else:
+                r.inbox += n
+    for email, day, kind, n in rows.actions:
+        if (r := row(email, day)) is not None:
+            if kind == "open":
+                r.opened += n
+            elif kind == "rescue":
+                r.rescued += n
+    for email, paused, paused_ms, hold_until, hold_reason in rows.states:
+        acct = by_email.get(email)
+        if acct is None:
+            continue
+        if paused:
+            since = local_date(acct.timezone, (paused_ms or 0) / 1000)
+            t.spans.append(Span(email, "pause", since, None, paused))
+            for d in dates:
+                if d >= since:
+                    t.row(email, d).paused = True
+        if hold_until:
+            until = date.fromisoformat(hold_until)
+            start = until - timedelta(days=HOLD_DAYS)
+            t.spans.append(Span(email, "hold", start, until, hold_reason or "ramp held"))
+            for d in dates:
+                if start <= d < until:
+                    t.row(email, d).held = True
+    return t
+
+
+REPORT_DAYS = 14
+REPORT_DAYS_MAX = 90
+
+
+def report_days(value: str | int | None) -> int:
+    """The report's ``days`` argument: a whole number 1-90 (default 14)."""
+    if value is None or value == "":
+        return REPORT_DAYS
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"days must be a whole number 1-{REPORT_DAYS_MAX}, got {str(value)[:20]!r}") from None
+    if not 1 <= n <= REPORT_DAYS_MAX:
+        raise ValueError(f"days must be a whole number 1-{REPORT_DAYS_MAX}, got {n}")
+    return n
+
+
+async def live_report(config: Config, store: Store, now: float, days: int) -> str:
+    """The report of the last ``days`` local days from the daemon's store (the live page,
+    `warmupctl report`). SQLite aggregates on the store's cold reader; the tally and the
+    drawing run on a worker thread, so a report over a large pool does not hold up the
+    event loop's timers for its whole length."""
+    dates = report_dates(config, now, days)
+    offsets = await asyncio.to_thread(lambda: json.dumps(noon_offsets(config.accounts, dates)))
+    rows = await store.report_rows(dates[0].isoformat(), dates[-1].isoformat(), offsets,
+                                   [int(e * 1000) for e in GAP_EDGES], list(LATE_EDGES), MATRIX_UP_TO)
+    return await asyncio.to_thread(_live_html, config, rows, dates, days, now, str(store.path))
+
+
+def _live_html(config: Config, rows: ReportRows, dates: list[date], days: int, now: float, path: str) -> str:
+    t = tally_rows(config, rows, dates)
+    meta = [f"What the daemon did: {days} local days to {dates[-1].isoformat()}, {len(config.accounts)} accounts, "
+            f"from {path}",
+            f"Generated {iso_utc(now)}. Lateness is measured at each send's DATA mark (MAIL FROM goes out at the "
+            "planned instant, then RCPT TO)."]
+    return render(t, config, title="warmupd: live report", meta=meta, live=True)

@@ -1622,6 +1622,20 @@ class Store:
         await self.write(fn, "hygiene")
 
 
+    # ------------------------------------------------------------ the report
+
+    async def report_rows(self, first: str, last: str, offsets_json: str, gap_edges_ms: Sequence[int],
+                          late_edges_ms: Sequence[int], matrix_max: int) -> ReportRows:
+        """What the report draws for local dates [first, last], aggregated inside SQLite
+        on the cold reader (a few hundred rows come back, whatever the pool's size).
+
+        ``offsets_json``: [[account, local_date, UTC offset in minutes at local noon], ...]
+        for the local hour of each send; ``*_edges_ms``: histogram bins (the lower edges);
+        ``matrix_max``: pairs are returned among at most this many busiest senders."""
+        return await self.read(lambda con: _report_rows(con, first, last, offsets_json, gap_edges_ms,
+                                                        late_edges_ms, matrix_max), cold=True)
+
+
 def _keys(con: sqlite3.Connection, lo: int, hi: int) -> list[tuple[int, int, str]]:
     """(at_ms, id, account) of the planned pending sends due in [lo, hi), through the
     ``sends_due`` index, fetched as one JSON row: a row at a time would take the GIL
@@ -1688,3 +1702,83 @@ class ActionRow:
 
 
 _ACTION_COLS = ", ".join(f.name for f in fields(ActionRow))
+
+
+@dataclass
+class ReportRows:
+    """The report's aggregates from ``Store.report_rows`` (plain tuples)."""
+
+    days: list[tuple[str, str, int, int]]  # account, local_date, warmup_day, target
+    statuses: list[tuple[str, str, str, str, str, int, int]]  # account, date, kind, status, reason, n, bounced
+    hours: list[tuple[str, int, int]]  # period, local hour, n
+    gaps: list[tuple[int, int]]  # bin, n
+    late: list[tuple[int, int]]  # bin (-1: early), n
+    weekdays: list[tuple[str, int]]  # local_date, n
+    sent_by: list[tuple[str, int]]
+    received_by: list[tuple[str, int]]
+    pairs: list[tuple[str, str, int]]
+    placements: list[tuple[str, str, str, int]]  # sender, sender's local date, inbox|junk, n
+    actions: list[tuple[str, str, str, int]]  # acting account, local date received, kind, n
+    states: list[tuple[str, str | None, int | None, str | None, str | None]]  # email, paused, paused_ms, hold
+
+
+def _bins_case(expr: str, edges: Sequence[int]) -> str:
+    """SQL: the index of the last edge <= expr (-1 below the first)."""
+    whens = " ".join(f"WHEN {expr} >= {int(e)} THEN {i}" for i, e in reversed(list(enumerate(edges))))
+    return f"CASE {whens} ELSE -1 END"
+
+
+def _report_rows(con: sqlite3.Connection, first: str, last: str, offsets_json: str, gap_edges: Sequence[int],
+                 late_edges: Sequence[int], matrix_max: int) -> ReportRows:
+    rng = (first, last)
+    live = "s.status != 'skipped' AND NOT (s.status = 'failed' AND s.data_mark = 0)"
+    base = ("FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+            "WHERE b.local_date BETWEEN ? AND ?")
+    days = [(r[0], r[1], int(r[2]), int(r[3])) for r in con.execute(
+        "SELECT account, local_date, warmup_day, target, min(first_id) FROM plan_batches "
+        "WHERE local_date BETWEEN ? AND ? GROUP BY account, local_date", rng)]
+    statuses = [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in con.execute(
+        "SELECT b.account, b.local_date, s.kind, s.status, coalesce(s.reason, ''), count(*), "
+        f"coalesce(sum(s.bounced), 0) {base} GROUP BY 1, 2, 3, 4, 5", rng)]
+    hours = [(r[0], int(r[1]), int(r[2])) for r in con.execute(
+        "WITH o AS (SELECT " + _J.format(0) + " AS account, " + _J.format(1) + " AS day, " + _J.format(2)
+        + " AS off FROM json_each(?3) j) SELECT s.period, ((s.at_ms / 60000 + o.off) % 1440 + 1440) % 1440 / 60, "
+        "count(*) FROM plan_batches b JOIN o ON o.account = b.account AND o.day = b.local_date "
+        "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id WHERE b.local_date BETWEEN ?1 AND ?2 AND "
+        f"{live} GROUP BY 1, 2", (first, last, offsets_json))]
+    gaps = [(int(r[0]), int(r[1])) for r in con.execute(
+        f"SELECT {_bins_case('gap', gap_edges)}, count(*) FROM (SELECT s.at_ms - lag(s.at_ms) OVER "
+        f"(PARTITION BY b.account, b.local_date ORDER BY s.at_ms) AS gap {base} AND {live}) "
+        "WHERE gap IS NOT NULL GROUP BY 1", rng)]
+    # Lateness at the DATA mark: MAIL FROM goes out at the instant, RCPT TO follows, and
+    # the mark is committed right before DATA (its event's time). Retries count from their retry time.
+    late = [(int(r[0]), int(r[1])) for r in con.execute(
+        f"SELECT {_bins_case('late', late_edges)}, count(*) FROM (SELECT e.at_ms - coalesce(s.retry_at_ms, "
+        "s.at_ms) AS late FROM plan_batches b JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id "
+        "JOIN events e ON e.send_id = s.id AND e.detail = 'DATA mark' WHERE b.local_date BETWEEN ? AND ?) "
+        "GROUP BY 1", rng)]
+    weekdays = [(r[0], int(r[1])) for r in con.execute(
+        f"SELECT b.local_date, count(*) {base} AND {live} GROUP BY 1", rng)]
+    sent_by = [(r[0], int(r[1])) for r in con.execute(
+        f"SELECT b.account, count(*) {base} AND {live} GROUP BY 1", rng)]
+    received_by = [(r[0], int(r[1])) for r in con.execute(
+        f"SELECT s.recipient, count(*) {base} AND {live} GROUP BY 1", rng)]
+    busiest = [a for a, _ in sorted(sent_by, key=lambda x: -x[1])[:matrix_max]]
+    pairs: list[tuple[str, str, int]] = []
+    if busiest:
+        marks = ",".join("?" * len(busiest))
+        pairs = [(r[0], r[1], int(r[2])) for r in con.execute(
+            f"SELECT b.account, s.recipient, count(*) {base} AND {live} AND b.account IN ({marks}) "
+            f"AND s.recipient IN ({marks}) GROUP BY 1, 2", (*rng, *busiest, *busiest))]
+    placements = [(r[0], r[1], r[2], int(r[3])) for r in con.execute(
+        "SELECT b.account, b.local_date, r.placement, count(*) FROM plan_batches b JOIN sends s ON s.id "
+        "BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id = s.id WHERE b.local_date BETWEEN ? "
+        "AND ? GROUP BY 1, 2, 3", rng)]
+    actions = [(r[0], r[1], r[2], int(r[3])) for r in con.execute(
+        "SELECT a.account, r.local_date, a.kind, count(*) FROM actions a JOIN received r ON "
+        "r.send_id = a.send_id AND r.account = a.account WHERE a.status = 'done' AND r.local_date BETWEEN ? "
+        "AND ? GROUP BY 1, 2, 3", rng)]
+    states = [(r[0], r[1], r[2], r[3], r[4]) for r in con.execute(
+        "SELECT email, paused_reason, paused_ms, hold_until, hold_reason FROM accounts")]
+    return ReportRows(days, statuses, hours, gaps, late, weekdays, sent_by, received_by, pairs, placements,
+                      actions, states)

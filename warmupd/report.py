@@ -565,7 +565,7 @@ def _lateness(t: Tally) -> str:
             body.append(_rect(left + i * bw + 1, top + ph - bh, bw - 2, bh, "#9333ea",
                               f"{labels[i]}{'' if i == 0 else ' or more'}: {c} sends"))
         body.append(_text(left + i * bw, top + ph + 12, labels[i], "start", 8))
-    body.append(_text(left, h - 8, "MAIL FROM time minus the planned instant, per send", "start", 10))
+    body.append(_text(left, h - 8, "the DATA mark minus the planned instant, per send (MAIL FROM goes out at the instant, then RCPT TO)", "start", 10))
     return _svg("lateness", w, h, body, "lateness at send")
 
 

@@ -20,6 +20,7 @@ from .calendar import (
 )
 from .config import EX_CONFIG, Account, Config, ConfigError, load_config
 from .planner import Pool, day_target, new_send_target, plan_day, plan_stats
+from .planning import plan_rng
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
@@ -161,7 +162,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             return EX_USAGE
     else:
         day = local_date(account.timezone, time.time())
-    rng = random.Random(args.seed) if args.seed is not None else random.Random()
+    # With a seed, the draw the daemon makes for that account-day (daemon.seed = the same seed).
+    rng = plan_rng(args.seed, account.email, day) if args.seed is not None else random.Random()
     reason = why_not_sending(account, day)
     wday = warmup_day_for(account, day, stored_states(cfg))
     pool = Pool([a.email for a in cfg.accounts])

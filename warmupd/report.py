@@ -13,6 +13,7 @@ are drawn as bands and the busiest rows, never one unreadable chart.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import html
 import json
 import statistics
@@ -135,10 +136,8 @@ class Tally:
 
 
 def _bin(edges: Sequence[float], v: float) -> int:
-    for i in range(len(edges) - 1, -1, -1):
-        if v >= edges[i]:
-            return i
-    return 0
+    """The index of the last edge <= v (0 below the first)."""
+    return max(0, bisect.bisect_right(edges, v) - 1)
 
 
 # ---------------------------------------------------------------- SVG helpers

@@ -10,6 +10,7 @@ simulated report. Skipped when chromium is missing outside CI; under CI=true, a 
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -20,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.daemon_helpers import (
@@ -139,17 +139,25 @@ def test_live_page_and_warmupctl_report(browser: Any, tmp_path: Path, smtp_serve
     assert all(r["status"] == "sent" for r in rows), rows
 
     base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=20) as http:
-        metrics = http.get("/metrics")
-        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
-        assert f'warmupd_sends_total{{account="{ACCOUNTS[0]}",status="sent"}} 4' in metrics.text
-        assert http.post("/", content=b"x").status_code == 405
-        assert http.get("/nope").status_code == 404
-        bad = http.get("/?days=many")
-        assert bad.status_code == 400 and "days must be a whole number" in bad.text
-        head = http.head("/")
-        assert head.status_code == 200 and head.content == b""
-        assert int(head.headers["content-length"]) > 1000
+
+    def ask(method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        try:
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
+        finally:
+            conn.close()
+
+    status, headers, text = ask("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert f'warmupd_sends_total{{account="{ACCOUNTS[0]}",status="sent"}} 4' in text
+    assert ask("POST", "/", b"x")[0] == 405
+    assert ask("GET", "/nope")[0] == 404
+    status, _, text = ask("GET", "/?days=many")
+    assert status == 400 and "days must be a whole number" in text
+    status, headers, text = ask("HEAD", "/")
+    assert status == 200 and text == "" and int(headers["content-length"]) > 1000
 
     expected_pairs = len({(r["account"], r["recipient"]) for r in rows})
     live = load(browser, base + "/?days=3", tmp_path / "live.png")

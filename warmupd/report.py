@@ -765,7 +765,27 @@ def tally_rows(config: Config, rows: ReportRows, dates: Sequence[date]) -> Tally
             for d in dates:
                 if start <= d < until:
                     t.row(email, d).held = True
+    _spans_from_days(t)
     return t
+
+
+def _spans_from_days(t: Tally) -> None:
+    """Past holds and pauses the accounts table no longer holds (it keeps the current
+    ones): runs of days whose sends were skipped for them."""
+    for a in t.accounts:
+        for kind in ("hold", "pause"):
+            covered = {d for s in t.spans if s.account == a.email and s.kind == kind for d in t.dates
+                       if s.start <= d and (s.end is None or d < s.end)}
+            run: list[date] = []
+            for d in [*t.dates, None]:
+                r = t.rows.get((a.email, d)) if d is not None else None
+                flagged = r is not None and d not in covered and (r.held if kind == "hold" else r.paused)
+                if flagged and d is not None:
+                    run.append(d)
+                elif run:
+                    t.spans.append(Span(a.email, kind, run[0], run[-1] + timedelta(days=1),
+                                        "sends skipped for it on these days"))
+                    run = []
 
 
 REPORT_DAYS = 14

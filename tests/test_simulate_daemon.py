@@ -1,14 +1,14 @@
 """`warmupd simulate` against the daemon itself: same config, seed and days -> the same plans.
 
 The real ``warmupd run`` plays six local days (Wed 2026-12-23 .. Mon 12-28 in
-Europe/Berlin: a public holiday and a weekend inside) on libfaketime, over one state
+Europe/Berlin: a public holiday and a weekend inside), then plans a seventh on libfaketime, over one state
 directory. Each day has two runs: one started at 00:00:30 local plans the day (the
 daemon's own midnight work) and stops; a second, from 00:03 local with the clock 60x
 fast, fires the day's sends into the rig's SMTP server (windows of three minutes
 after midnight), so the next day's warmup day advances only because the daemon
 really sent. The simulator, in process and through its command line, must give the
 same warmup day, target and every planned instant, period and recipient per
-account and day.
+account and day; going on from the stored state, the seventh day's numbers.
 """
 
 from __future__ import annotations
@@ -118,10 +118,27 @@ def test_simulator_plans_what_the_daemon_plans(tmp_path: Path, smtp_server: Any,
 
     # The command line prints the same numbers as data.
     out = subprocess.run([sys.executable, "-m", "warmupd.cli", "simulate", "--config", str(cfg), "--json",
-                          "--start", FIRST.isoformat(), "--days", str(DAYS), "--seed", str(SEED)],
+                          "--start", FIRST.isoformat(), "--days", str(DAYS), "--seed", str(SEED), "--fresh"],
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True)
     data = json.loads(out.stdout)
     assert [p["planned"] for p in data["pool"]] == list(per_day.values())
     for a in ACCOUNTS:
         assert [(r["date"], r["warmup_day"], r["target"], r["planned"]) for r in data["accounts"][a]] == [
             (k[1], v["warmup_day"], v["target"], len(v["sends"])) for k, v in sorted(got.items()) if k[0] == a]
+
+    # Without --fresh the simulator goes on from the stored state: its next day is the
+    # plan the daemon then makes for that day.
+    nxt = FIRST + timedelta(days=DAYS)
+    ahead = subprocess.run([sys.executable, "-m", "warmupd.cli", "simulate", "--config", str(cfg), "--json",
+                            "--start", nxt.isoformat(), "--days", "1", "--seed", str(SEED)],
+                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True)
+    assert "going on from the warmup days" in ahead.stderr
+    planner = daemons(cfg, tmp_path, env=fake(nxt, time(0, 0, 30)))
+    planner.wait_event("plan stored", timeout=30)
+    assert planner.stop() == 0
+    got = daemon_plans(tmp_path)
+    for a in ACCOUNTS:
+        (row,) = json.loads(ahead.stdout)["accounts"][a]
+        mine = got[(a, nxt.isoformat())]
+        assert (row["warmup_day"], row["target"], row["planned"]) == (mine["warmup_day"], mine["target"],
+                                                                     len(mine["sends"])) == (4, 8, 8)

@@ -206,7 +206,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     return run_cli(_load(args.config), days=args.days, start=args.start, seed=args.seed,
                    junk_rate=args.junk_rate, bounce_rate=args.bounce_rate, as_json=args.json,
-                   report=args.report)
+                   report=args.report, fresh=args.fresh)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--bounce-rate", type=float, default=0.0, help="share of sends that bounce (what-if)")
     sim.add_argument("--json", action="store_true", help="print the run as JSON")
     sim.add_argument("--report", metavar="OUT.html", help="also write the HTML report there")
+    sim.add_argument("--fresh", action="store_true",
+                     help="ignore the state database: every account from its start date")
     sim.set_defaults(func=cmd_simulate)
     return p
 

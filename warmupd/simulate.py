@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -39,6 +39,7 @@ from .imap import (
 from .planner import PlannedSend, Pool, day_target
 from .planning import advance, hold_factor, initial_warmup_day, plan_account_day, plan_rng
 from .report import Span, Tally, date_range, render
+from .store import AccountState, read_states
 
 PLAN, SEND, REPLY = 0, 1, 2
 
@@ -160,7 +161,7 @@ class Simulation:
 
 class _Engine:
     def __init__(self, config: Config, start: date, days: int, seed: int, what_if: WhatIf,
-                 keep_sends: bool) -> None:
+                 keep_sends: bool, history: Mapping[str, AccountState]) -> None:
         self.config = config
         self.accounts = list(config.accounts)
         self.by_email = {a.email: a for a in self.accounts}
@@ -183,6 +184,27 @@ class _Engine:
         self.recent: dict[str, deque[bool]] = {}  # sender -> bounced flags of its last sends
         self.heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
+        for email, st in history.items():
+            self._resume_from(email, st, start)
+
+    def _resume_from(self, email: str, st: AccountState, start: date) -> None:
+        """Start an account from its stored state; the days between its last counted day
+        and ``start`` count as sent where they are sending days (uninterrupted operation)."""
+        account = self.by_email.get(email)
+        if account is None:
+            return
+        self.states[email] = _State(st.warmup_day, st.advanced_through, st.hold_until, st.paused_reason)
+        d = date.fromisoformat(st.advanced_through) + timedelta(days=1)
+        while d < start:
+            if why_not_sending(account, d) is None:
+                self.sent_days[email].add(d.isoformat())
+            d += timedelta(days=1)
+        if st.paused_reason:
+            self.tally.spans.append(Span(email, "pause", start, None, st.paused_reason))
+        if st.hold_until and st.hold_until > start.isoformat():
+            until = date.fromisoformat(st.hold_until)
+            self.tally.spans.append(Span(email, "hold", until - timedelta(days=HOLD_DAYS), until,
+                                         st.hold_reason or "ramp held"))
 
     def push(self, at: float, kind: int, item: Any) -> None:
         self._seq += 1
@@ -352,15 +374,17 @@ class _Engine:
 
 
 def simulate(config: Config, *, start: date, days: int, seed: int, what_if: WhatIf | None = None,
-             keep_sends: bool = False) -> Simulation:
-    """Run ``days`` local days from ``start`` for every account of ``config``."""
+             keep_sends: bool = False, history: Mapping[str, AccountState] | None = None) -> Simulation:
+    """Run ``days`` local days from ``start`` for every account of ``config``; with
+    ``history`` (the store's account states), accounts go on from their stored warmup
+    day, hold and pause instead of starting from their start dates."""
     if days < 1:
         raise ValueError("days must be at least 1")
-    return _Engine(config, start, days, seed, what_if or WhatIf(), keep_sends).run()
+    return _Engine(config, start, days, seed, what_if or WhatIf(), keep_sends, history or {}).run()
 
 
 def run_cli(config: Config, *, days: int, start: str | None, seed: int | None, junk_rate: float,
-            bounce_rate: float, as_json: bool, report: str | None) -> int:
+            bounce_rate: float, as_json: bool, report: str | None, fresh: bool = False) -> int:
     """`warmupd simulate` after its config is loaded: 0, or 64 with one line on stderr."""
     import json
     import sys
@@ -385,7 +409,12 @@ def run_cli(config: Config, *, days: int, start: str | None, seed: int | None, j
             return usage(f"--start must be a date YYYY-MM-DD, got {start!r}")
     if seed is None:
         seed = config.daemon.seed if config.daemon.seed is not None else random.SystemRandom().getrandbits(31)
-    sim = simulate(config, start=first, days=days, seed=seed, what_if=WhatIf(junk_rate, bounce_rate))
+    history = {} if fresh else read_states(config.daemon.database)
+    sim = simulate(config, start=first, days=days, seed=seed, what_if=WhatIf(junk_rate, bounce_rate),
+                   history=history)
+    if history:
+        print(f"warmupd simulate: going on from the warmup days, holds and pauses stored in "
+              f"{config.daemon.database} (--fresh: from the start dates)", file=sys.stderr)
     if report:
         try:
             Path(report).write_text(sim.html(), encoding="utf-8")

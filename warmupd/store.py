@@ -418,6 +418,25 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def read_states(path: Path) -> dict[str, AccountState]:
+    """The accounts' stored states, read-only, without a Store (for `warmupd simulate`
+    beside a running daemon); empty when there is no usable database of this version."""
+    try:
+        if check_file(path) != SCHEMA_VERSION:
+            return {}
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except (StoreError, sqlite3.Error):
+        return {}
+    try:
+        return {r[0]: AccountState(*r) for r in con.execute(
+            "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
+            "hold_reason FROM accounts")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        con.close()
+
+
 def check_file(path: Path) -> int:
     """Refuse, without writing to it, a file that is not a warmupd database, is
     damaged, or is newer than this code. Returns its schema version (0 for new).

@@ -97,6 +97,7 @@ class Commands:
         self._zones: tuple[float, dict[str, dict[str, int]]] | None = None
         self._zones_task: asyncio.Task[None] | None = None
         self._pairs_json: tuple[tuple[int, tuple[str, ...]], str] | None = None
+        self._report_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ helpers
 
@@ -350,7 +351,8 @@ class Commands:
             n = report_days(days)
         except ValueError as e:
             raise ControlError(str(e)) from None
-        return {"days": n, "html": await live_report(self.d.config, store, firing.now(), n)}
+        async with self._report_lock:  # one at a time: a burst of page loads must not crowd out the sends
+            return {"days": n, "html": await live_report(self.d.config, store, firing.now(), n)}
 
     async def cmd_metrics(self) -> str:
         _, planning, firing = self._parts()

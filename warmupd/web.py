@@ -138,7 +138,7 @@ class LivePage:
         if not head:
             writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)  # a client that stops reading is dropped
 
     async def _send_simple(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
         body = (text + "\n").encode()

@@ -122,6 +122,10 @@ def test_bounce_rate_pauses_senders(tmp_path: Path) -> None:
                  if p.start + timedelta(days=k) in sim.dates]
         assert all(r.paused and r.planned == 0 for r in later)
         assert "bounced" in p.reason
+    # Without IMAP the daemon never sees the bounce reports: nobody is paused for them.
+    blind = simulate(load_config(pool_config(tmp_path, 4)), start=MONDAY, days=8, seed=2,
+                     what_if=WhatIf(bounce_rate=0.5))
+    assert not blind.tally.spans and sum(r.bounced for r in blind.tally.rows.values()) > 20
 
 
 def test_command_line_text_json_report_and_nothing_written(tmp_path: Path) -> None:

@@ -285,7 +285,9 @@ class _Engine:
         if bounced:
             row.bounced += 1
             st = self.states[s.account]
-            if not st.paused and pause_due(sum(window), len(window), sender.engagement.bounce_pause_rate):
+            # The daemon learns of a bounce from the report in the sender's own mailbox: over IMAP only.
+            if sender.imap is not None and not st.paused \
+                    and pause_due(sum(window), len(window), sender.engagement.bounce_pause_rate):
                 self.pause(sender, at, f"bounces: {sum(window)} of the last {len(window)} sends bounced "
                                        f"(more than {sender.engagement.bounce_pause_rate:.0%})")
             return

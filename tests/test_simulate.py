@@ -5,6 +5,7 @@ engagement what-ifs (holds, pauses, replies), the command line and its errors.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -104,12 +105,44 @@ def test_junk_rate_holds_the_ramp(tmp_path: Path) -> None:
     s = holds[0]
     rows = [held.tally.rows[(s.account, s.start + timedelta(days=k))] for k in range(1, 3)]
     assert any(r.held for r in rows)
-    # While held the warmup day does not grow (and the targets are cut by a quarter).
+    # While held the warmup day does not grow.
     before = calm.tally.rows[(s.account, s.start)].warmup_day
     for r in rows:
         if r.off is None:
             assert r.warmup_day <= before + 1
-    assert sum(sum(r.skipped.values()) for r in held.tally.rows.values()) > 0  # the day's cut
+
+
+@pytest.mark.parametrize(("junk_rate", "band"), [(0.13, "hold"), (0.37, "cut"), (0.9, "pause")])
+def test_junk_bands_as_the_daemon_applies_them(tmp_path: Path, junk_rate: float, band: str) -> None:
+    """thresholds.py's bands, played: above hold_junk_rate the ramp holds, above
+    cut_junk_rate the day's target is cut by half too, above pause_junk_rate the sender
+    pauses; nothing before hold_min_sample messages were seen."""
+    cfg = load_config(pool_config(tmp_path, 4, imap=True))
+    sim = simulate(cfg, start=MONDAY, days=10, seed=5, what_if=WhatIf(junk_rate=junk_rate))
+    eng = cfg.accounts[0].engagement
+    kinds = []
+    for s in sim.tally.spans:
+        m = re.search(r"(\d+) of (\d+) warmup messages landed in junk", s.reason)
+        assert m, s.reason
+        junk, seen = int(m.group(1)), int(m.group(2))
+        assert seen >= eng.hold_min_sample
+        rate = junk / seen
+        if s.kind == "pause":
+            kind = "pause"
+            assert rate > eng.pause_junk_rate
+        elif "cut by half" in s.reason:
+            kind = "cut"
+            assert eng.cut_junk_rate < rate <= eng.pause_junk_rate
+        else:
+            kind = "hold"
+            assert "ramp held" in s.reason and eng.hold_junk_rate < rate <= eng.cut_junk_rate
+        kinds.append(kind)
+    assert max(set(kinds), key=kinds.count) == band, kinds  # the band this junk rate lands in, mostly
+    skipped = sum(sum(r.skipped.values()) for r in sim.tally.rows.values())
+    assert (skipped > 0) == ("cut" in kinds or "pause" in kinds)
+    first = min(s.start for s in sim.tally.spans)
+    seen_before = sum(r.inbox + r.junk for (a, d), r in sim.tally.rows.items() if d <= first)
+    assert seen_before >= eng.hold_min_sample
 
 
 def test_bounce_rate_pauses_senders(tmp_path: Path) -> None:

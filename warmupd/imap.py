@@ -174,16 +174,6 @@ def plan_actions(receiver: Account, placement: str, depth: int, now: float,
     return acts
 
 
-def hold_due(junk: int, total: int, rate: float) -> bool:
-    """The ramp is held when more than ``rate`` of the sender's recent mail landed in junk."""
-    return bool(total) and junk / total > rate
-
-
-def pause_due(bounced: int, total: int, rate: float) -> bool:
-    """The sender is paused when more than ``rate`` of its last sends bounced."""
-    return bool(total) and bounced / total > rate
-
-
 def quote_mailbox(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_./&+-]+", name):
         return name

@@ -6,9 +6,11 @@ accounts' day through the daemon's own rules (planning.py: the first warmup day,
 cut), so for the same config and seed the plans are the daemon's plans. Sends go
 to an in-process transport that accepts them (a ``bounce_rate`` share bounces).
 Where an account engages over IMAP, its decisions are imap.py's own
-(``plan_actions``: opens, replies inside the day's target; ``hold_due``: the ramp
-held when more than ``hold_junk_rate`` of a sender's mail lands in junk, which a
-``junk_rate`` plays; ``pause_due``: a sender paused past ``bounce_pause_rate``).
+(``plan_actions``: opens, replies inside the day's target) and thresholds.py's
+(``junk_verdict``: the junk bands hold, cut and pause, played by a ``junk_rate``;
+``bounce_verdict``: a sender paused past ``bounce_pause_rate``; both only once
+their minimum sample is reached). Graduation is taken from the stored state (the
+health score needs the real placement and DNS history), not simulated.
 No mail is sent and no state database is written.
 
 Events (midnights, sends, replies) run in instant order from one heap, so a hold
@@ -27,19 +29,12 @@ from typing import Any
 
 from .calendar import day_bounds, local_date, why_not_sending
 from .config import Account, Config
-from .imap import (
-    BOUNCE_WINDOW,
-    HOLD_CUT,
-    HOLD_DAYS,
-    SCAN_SINCE_DAYS,
-    hold_due,
-    pause_due,
-    plan_actions,
-)
+from .imap import BOUNCE_WINDOW, HOLD_DAYS, SCAN_SINCE_DAYS, plan_actions
 from .planner import PlannedSend, Pool, day_target
 from .planning import advance, hold_factor, initial_warmup_day, plan_account_day, plan_rng
 from .report import Span, Tally, date_range, render
 from .store import AccountState, read_states
+from .thresholds import CUT_FACTOR, bounce_verdict, junk_verdict
 
 PLAN, SEND, REPLY = 0, 1, 2
 
@@ -58,6 +53,8 @@ class _State:
     advanced_through: str
     hold_until: str | None = None
     paused: str | None = None
+    hold_cut: float = 1.0  # the share of the target planned on held days (the "cut" band: 0.5)
+    graduated: bool = False
 
 
 @dataclass
@@ -193,7 +190,8 @@ class _Engine:
         account = self.by_email.get(email)
         if account is None:
             return
-        self.states[email] = _State(st.warmup_day, st.advanced_through, st.hold_until, st.paused_reason)
+        self.states[email] = _State(st.warmup_day, st.advanced_through, st.hold_until, st.paused_reason,
+                                    st.hold_cut, bool(st.graduated))
         d = date.fromisoformat(st.advanced_through) + timedelta(days=1)
         while d < start:
             if why_not_sending(account, d) is None:
@@ -249,10 +247,10 @@ class _Engine:
             if st.paused:  # the daemon plans nothing for a paused account
                 row.paused = True
                 continue
-            cut = hold_factor(st.hold_until, d)
-            row.held = cut != 1.0
+            cut = hold_factor(st.hold_until, st.hold_cut, d)
+            row.held = bool(st.hold_until and d.isoformat() < st.hold_until)
             target, sends = plan_account_day(a, d, st.warmup_day, plan_rng(self.seed, a.email, d), self.pool,
-                                             cut=cut, ids=self.ids)
+                                             cut=cut, ids=self.ids, graduated=st.graduated)
             row.target, row.planned = target, len(sends)
             self.planned.add((a.email, d))
             if self.keep_sends:
@@ -286,10 +284,10 @@ class _Engine:
             row.bounced += 1
             st = self.states[s.account]
             # The daemon learns of a bounce from the report in the sender's own mailbox: over IMAP only.
-            if sender.imap is not None and not st.paused \
-                    and pause_due(sum(window), len(window), sender.engagement.bounce_pause_rate):
-                self.pause(sender, at, f"bounces: {sum(window)} of the last {len(window)} sends bounced "
-                                       f"(more than {sender.engagement.bounce_pause_rate:.0%})")
+            if sender.imap is not None and not st.paused:
+                verdict = bounce_verdict(sum(window), len(window), sender.engagement)
+                if verdict.band == "pause":
+                    self.pause(sender, at, verdict.reason())
             return
         receiver = self.by_email.get(s.recipient)
         if receiver is None or receiver.imap is None:
@@ -326,19 +324,25 @@ class _Engine:
         days = sorted({*dates, s.day.isoformat()})[-HOLD_DAYS:]
         inbox = sum(self.placed.get((sender.email, d), (0, 0))[0] for d in days)
         junk = sum(self.placed.get((sender.email, d), (0, 0))[1] for d in days)
-        rate = sender.engagement.hold_junk_rate
-        if not hold_due(junk, inbox + junk, rate):
+        verdict = junk_verdict(junk, inbox + junk, sender.engagement)
+        if verdict.band in ("none", "below_min_sample"):
+            return
+        if verdict.band == "pause":
+            if not st.paused:
+                self.pause(sender, at, "junk: " + verdict.reason(len(days)))
             return
         until = today + timedelta(days=HOLD_DAYS)
         st.hold_until = until.isoformat()
-        reason = (f"{junk} of {inbox + junk} warmup messages landed in junk over the last {len(days)} sending "
-                  f"days (more than {rate:.0%})")
+        st.hold_cut = CUT_FACTOR if verdict.band == "cut" else 1.0
+        reason = verdict.reason(len(days)) + ("; the day's target cut by half" if verdict.band == "cut"
+                                              else "; ramp held")
         self.tally.spans.append(Span(sender.email, "hold", today, until, reason))
-        pending = [x for x in self.day_sends.get((sender.email, today), ())
-                   if x.cancelled is None and x.at > at]
-        cut = len(pending) - round(len(pending) * HOLD_CUT)
-        for x in self.rng.sample(pending, cut) if cut > 0 else ():
-            x.cancelled = "hold"
+        if verdict.band == "cut":
+            pending = [x for x in self.day_sends.get((sender.email, today), ())
+                       if x.cancelled is None and x.at > at]
+            cut = len(pending) - round(len(pending) * CUT_FACTOR)
+            for x in self.rng.sample(pending, cut) if cut > 0 else ():
+                x.cancelled = "hold: target cut"
 
     def pause(self, account: Account, at: float, reason: str) -> None:
         st = self.states[account.email]

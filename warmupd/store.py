@@ -418,6 +418,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_ACCOUNT_STATES_SQL = ("SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
+                       "hold_reason, hold_cut, graduated FROM accounts")  # AccountState's fields, in order
+
+
 def read_states(path: Path) -> dict[str, AccountState]:
     """The accounts' stored states, read-only, without a Store (for `warmupd simulate`
     beside a running daemon); empty when there is no usable database of this version."""
@@ -428,9 +432,7 @@ def read_states(path: Path) -> dict[str, AccountState]:
     except (StoreError, sqlite3.Error):
         return {}
     try:
-        return {r[0]: AccountState(*r) for r in con.execute(
-            "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
-            "hold_reason FROM accounts")}
+        return {r[0]: AccountState(*r) for r in con.execute(_ACCOUNT_STATES_SQL)}
     except sqlite3.Error:
         return {}
     finally:
@@ -772,9 +774,7 @@ class Store:
 
     async def account_states(self) -> dict[str, AccountState]:
         def q(con: sqlite3.Connection) -> dict[str, AccountState]:
-            return {r[0]: AccountState(*r) for r in con.execute(
-                "SELECT email, warmup_day, advanced_through, paused_reason, paused_ms, hold_until, "
-                "hold_reason, hold_cut, graduated FROM accounts")}
+            return {r[0]: AccountState(*r) for r in con.execute(_ACCOUNT_STATES_SQL)}
         return await self.read(q)
 
     async def upsert_account(self, st: AccountState) -> None:

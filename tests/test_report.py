@@ -1,11 +1,13 @@
 """The live report's numbers: what ``Store.report_rows`` aggregates inside SQLite and
 ``report.tally_rows`` makes of it, on a real store filled with a known history
 (outcomes with reasons, lateness at the DATA mark, placement, engagement, a past
-hold and a current pause), in a zone half an hour off UTC."""
+hold and a current pause, health scores and a graduation), in a zone half an hour
+off UTC; and the health chart's band for a pool too large for small multiples."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,11 +19,13 @@ from warmupd.report import (
     GAP_EDGES,
     LATE_EDGES,
     MATRIX_UP_TO,
+    MULTIPLES_UP_TO,
     live_report,
     noon_offsets,
+    render,
     tally_rows,
 )
-from warmupd.store import AccountState, Store
+from warmupd.store import AccountState, ReportRows, Store
 
 A, B = "user00@pool0.test", "user01@pool1.test"
 DAY1, DAY2 = date(2027, 3, 2), date(2027, 3, 3)
@@ -63,7 +67,13 @@ async def test_report_aggregates(tmp_path: Path) -> None:
                                     [("rescue", int(at(DAY1, 10, 0) * 1000), None)])
         await store.write(lambda con: con.execute("UPDATE actions SET status='done'"))
         await store.upsert_accounts([AccountState(A, 2, day1, "bounces: 3 of 5", int(at(DAY2, 10, 10) * 1000),
-                                                  None, None)])
+                                                  None, None),
+                                     AccountState(B, 2, day1, None, None, None, None, graduated=DAY2.isoformat())])
+        # As reputation.update_health stores them: the day before the range and an account
+        # gone from the config are not drawn.
+        before = (DAY1 - timedelta(days=1)).isoformat()
+        await store.save_health([(A, before, 10, "{}"), (A, day1, 64, "{}"), (A, DAY2.isoformat(), 71, "{}"),
+                                 (B, DAY2.isoformat(), 85, "{}"), ("gone@pool9.test", day1, 50, "{}")])
 
         dates = [DAY1, DAY2]
         rows = await store.report_rows(day1, DAY2.isoformat(), json.dumps(noon_offsets(config.accounts, dates)),
@@ -88,9 +98,41 @@ async def test_report_aggregates(tmp_path: Path) -> None:
         assert dict(t.pairs) == {(A, B): 3, (B, A): 1} and t.sent_by[A] == 3 and t.received_by[A] == 1
         kinds = sorted((s.account, s.kind, s.start, s.end) for s in t.spans)
         assert kinds == [(A, "hold", DAY2, DAY2 + timedelta(days=1)), (A, "pause", DAY2, None)]
+        assert sorted(rows.health) == [(A, day1, 64), (A, DAY2.isoformat(), 71), (B, DAY2.isoformat(), 85)]
+        assert (r1.health, r2.health, b.health, t.rows[(B, DAY2)].health) == (64, 71, None, 85)
+        assert t.graduated == {B: DAY2}
 
         html = await live_report(config, store, at(DAY2, 20, 0), 2)
-        assert "warmupd: live report" in html and html.count('class="chart"') == 10
+        assert "warmupd: live report" in html and html.count('class="chart"') == 11
         assert "bounces: 3 of 5" in html
+        chart = _chart(html, "health")
+        assert chart.count('class="mark"') == 3  # a dot per scored account-day
+        assert f"{B} {DAY2.isoformat()}: health 85 (graduate_score 80), graduated" in chart
+        assert f"{B} (graduated {DAY2.isoformat()})" in chart and chart.count('class="graduation"') == 1
+        assert "<td>64 (1)</td>" in html and "<td>78 (2)</td>" in html  # the day's median (accounts scored)
     finally:
         await store.close()
+
+
+def _chart(html: str, name: str) -> str:
+    m = re.search(f'<svg class="chart" data-chart="{name}".*?</svg>', html, re.S)
+    assert m, f"no {name} chart"
+    return m.group(0)
+
+
+def test_health_band_for_a_large_pool(tmp_path: Path) -> None:
+    config = load_config(pool_config(tmp_path, MULTIPLES_UP_TO + 2, zones=("Asia/Kolkata",)))
+    emails = sorted(a.email for a in config.accounts)
+    # Day 1: every account scored 0..61; day 2: none; day 3: half of them, 10 graduated by then.
+    health = [(e, DAY1.isoformat(), k) for k, e in enumerate(emails)]
+    health += [(e, (DAY1 + timedelta(days=2)).isoformat(), 90) for e in emails[::2]]
+    states = [(e, None, None, None, None, (DAY1 + timedelta(days=2)).isoformat() if k < 10 else None)
+              for k, e in enumerate(emails)]
+    rows = ReportRows([], [], [], [], [], [], [], [], [], [], [], states, health)
+    dates = [DAY1, DAY1 + timedelta(days=1), DAY1 + timedelta(days=2)]
+    html = render(tally_rows(config, rows, dates), config, title="t", meta=[], live=True)
+    chart = _chart(html, "health")
+    assert chart.count('class="mark"') == 2  # a median per day that has scores
+    assert "62 accounts scored; min 0, quartiles 15.25/30.5/45.75, max 61; 62 below 80; 0 graduated" in chart
+    assert "31 accounts scored; min 90, quartiles 90/90/90, max 90; 0 below 80; 10 graduated" in chart
+    assert "(10 by the last day)" in chart

@@ -2,7 +2,8 @@
 the simulated report file, the live page of a running daemon, and `warmupctl report`'s
 file. Each loads without a console error, a page error or a request leaving the page;
 every chart's SVG exists with a non-zero size and draws the number of marks the data
-holds; a full-page screenshot is saved under the test's tmp dir.
+holds (the live report's health chart: a dot per stored account-day score); a
+full-page screenshot is saved under the test's tmp dir.
 
 WARMUPD_DOCS_SCREENSHOT=1 also writes docs/report.png (the README's picture) from the
 simulated report. Skipped when chromium is missing outside CI; under CI=true, a failure.
@@ -10,14 +11,17 @@ simulated report. Skipped when chromium is missing outside CI; under CI=true, a 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +34,15 @@ from tests.daemon_helpers import (
     db_path,
     seed_plan,
     skip_near_midnight,
+    utc_today,
     wait_rows,
+    wait_until,
     write_config,
 )
 from tests.test_simulate import MONDAY, pool_config
 from warmupd.config import load_config
 from warmupd.simulate import WhatIf, simulate
+from warmupd.store import AccountState, Store
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -105,7 +112,8 @@ def test_simulated_report(browser: Any, tmp_path: Path) -> None:
 
     t = sim.tally
     rows = t.rows
-    assert set(charts) == SIM_CHARTS
+    assert set(charts) == SIM_CHARTS  # no health chart: the simulator scores nothing, and says so
+    assert "The simulator computes no health score" in html.read_text()
     assert charts["ramp"] == sum(1 for r in rows.values() if r.planned + r.replies)
     assert charts["hours"] == sum(1 for hours in t.hours.values() for n in hours if n)
     assert charts["gaps"] == sum(1 for n in t.gaps if n) > 3
@@ -116,6 +124,38 @@ def test_simulated_report(browser: Any, tmp_path: Path) -> None:
     assert charts["engagement"] == sum(1 for d in t.dates for k in ("opened", "replies", "rescued", "bounced")
                                        if getattr(t.pool_day(d), k)) > 0
     assert charts["timeline"] == len(t.spans) > 0  # junk placement held some ramps
+
+
+def seed_health(tmp_path: Path) -> int:
+    """Scores of the two days before today (UTC, the accounts' zone) through the store's
+    own writes, as reputation.py makes them, and the first account graduated yesterday.
+    Returns the number of account-days scored."""
+    today = utc_today()
+    days = [(today - timedelta(days=k)).isoformat() for k in (1, 2)]
+    rows = [(ACCOUNTS[0], days[1], 55, "{}"), (ACCOUNTS[0], days[0], 83, "{}"), (ACCOUNTS[1], days[0], 40, "{}")]
+
+    async def run() -> None:
+        store = await Store.open(db_path(tmp_path))
+        try:
+            await store.save_health(rows)
+            await store.upsert_accounts([AccountState(ACCOUNTS[0], 1, days[0], None, None, None, None,
+                                                      graduated=days[0])])
+        finally:
+            await store.close()
+    asyncio.run(run())
+    return len(rows)
+
+
+def scored_today(tmp_path: Path) -> int:
+    """Account-days the running daemon scored today (its first health round, at start)."""
+    con = sqlite3.connect(f"file:{db_path(tmp_path)}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(con.execute("SELECT count(*) FROM health_days WHERE local_date=?",
+                               (utc_today().isoformat(),)).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
 
 
 def _free_port() -> int:
@@ -134,9 +174,11 @@ def test_live_page_and_warmupctl_report(browser: Any, tmp_path: Path, smtp_serve
     # On a thread of its own: playwright's sync API keeps an event loop on this one.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(seed_plan, tmp_path, plan).result()
+        seeded_health = pool.submit(seed_health, tmp_path).result()
     d = daemons(cfg, tmp_path)
     rows = wait_rows(tmp_path, all_final, 30, "the seeded sends")
     assert all(r["status"] == "sent" for r in rows), rows
+    wait_until(lambda: scored_today(tmp_path) == len(ACCOUNTS), 30, "today's health scores")
 
     base = f"http://127.0.0.1:{port}"
 
@@ -158,6 +200,9 @@ def test_live_page_and_warmupctl_report(browser: Any, tmp_path: Path, smtp_serve
     assert status == 400 and "days must be a whole number" in text
     status, headers, text = ask("HEAD", "/")
     assert status == 200 and text == "" and int(headers["content-length"]) > 1000
+    status, _, text = ask("GET", "/?days=3")
+    yesterday = (utc_today() - timedelta(days=1)).isoformat()
+    assert status == 200 and f"{ACCOUNTS[0]} (graduated {yesterday})" in text
 
     expected_pairs = len({(r["account"], r["recipient"]) for r in rows})
     live = load(browser, base + "/?days=3", tmp_path / "live.png")
@@ -165,6 +210,7 @@ def test_live_page_and_warmupctl_report(browser: Any, tmp_path: Path, smtp_serve
     assert live["lateness"] >= 1 and live["weekdays"] == 1 and live["balance"] == 3
     assert live["pairs"] == expected_pairs
     assert live["hours"] >= 1 and live["gaps"] >= 1
+    assert live["health"] == seeded_health + len(ACCOUNTS)  # the seeded days and the daemon's today
 
     out = tmp_path / "ctl-report.html"
     ctl = subprocess.run([sys.executable, "-m", "warmupd.ctl", "--config", str(cfg), "report", "--days", "3",

@@ -7,7 +7,9 @@ gaps between an account's consecutive sends, sends per weekday, who sent to whom
 lateness, holds and pauses); ``render`` draws it. Every chart is an ``<svg
 class="chart" data-chart=NAME>`` whose data points are the elements of class
 ``mark`` (a bar, a cell, a dot), so a test can count what was drawn. Large pools
-are drawn as bands and the busiest rows, never one unreadable chart.
+are drawn as bands and the busiest rows, never one unreadable chart. The health
+score (stored per account-day by reputation.py) exists only in the live report:
+the simulator computes none.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class DayRow:
     held: bool = False
     paused: bool = False
     off: str | None = None  # why the day plans nothing (weekend, holiday, ...)
+    health: int | None = None  # the day's stored health score (live report only)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Tally:
         self.received_by: Counter[str] = Counter()
         self.lateness = [0] * (len(LATE_EDGES) + 1)  # [early, then one per edge]
         self.spans: list[Span] = []
+        self.graduated: dict[str, date] = {}  # account -> local date it graduated
 
     def row(self, email: str, day: date) -> DayRow:
         r = self.rows.get((email, day))
@@ -550,6 +554,108 @@ def _timeline(t: Tally) -> str:
     return _svg("timeline", left + pw + 20, top + len(accounts) * row_h + 36, body, "holds and pauses")
 
 
+def _health(t: Tally) -> str:
+    """Each account's daily health score against its graduate_score: small multiples,
+    or a band across a larger pool; a dot (mark) per scored account-day."""
+    if len(t.accounts) > MULTIPLES_UP_TO:
+        return _health_band(t)
+    scored = [a for a in t.accounts if any((r := t.rows.get((a.email, d))) is not None and r.health is not None
+                                           for d in t.dates)]
+    if not scored:
+        return _svg("health", 600, 40, [_text(10, 24, "no health score stored in this period", "start", 10)],
+                    "health score per account per day")
+    cols = 4
+    cw, ch = 230, 110
+    rows_n = (len(scored) + cols - 1) // cols
+    body: list[str] = []
+    n_days = max(1, len(t.dates))
+    for k, a in enumerate(scored):
+        ox, oy = (k % cols) * cw + 30, (k // cols) * ch + 18
+        pw, ph = cw - 40, ch - 40
+        bw = pw / n_days
+        grad = t.graduated.get(a.email)
+        mark = a.reputation.graduate_score
+        label = a.email + (f" (graduated {grad.isoformat()})" if grad else "")
+        body.append(_text(ox, oy - 5, label, "start", 9 if grad else 10, "label"))
+        body.append(_line(ox, oy + ph, ox + pw, oy + ph, "#9ca3af"))
+        body.append(_text(ox - 3, oy + 6, "100", "end", 8))
+        gy = oy + ph - ph * mark / 100
+        body.append(_line(ox, gy, ox + pw, gy, "#16a34a", "graduate-score", "3 3"))
+        body.append(_text(ox - 3, gy + 3, f"{mark}", "end", 8))
+        if grad is not None and t.dates and t.dates[0] <= grad <= t.dates[-1]:
+            gx = ox + (grad - t.dates[0]).days * bw + bw / 2
+            body.append(_line(gx, oy, gx, oy + ph, "#16a34a", "graduation"))
+        pts: list[str] = []
+        for i, d in enumerate(t.dates):
+            r = t.rows.get((a.email, d))
+            if r is None or r.health is None:
+                continue
+            x, y = ox + i * bw + bw / 2, oy + ph - ph * r.health / 100
+            pts.append(f"{x:.1f},{y:.1f}")
+            done = grad is not None and grad <= d
+            tip = (f"{a.email} {d.isoformat()}: health {r.health} (graduate_score {mark})"
+                   + (", graduated" if done else ""))
+            body.append(f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="2.5" '
+                        f'fill="{"#16a34a" if done else "#2563eb"}"><title>{_e(tip)}</title></circle>')
+        if len(pts) > 1:
+            body.append(f'<polyline class="score" fill="none" stroke="#93c5fd" stroke-width="1" '
+                        f'points="{" ".join(pts)}"/>')
+        if t.dates:
+            body.append(_text(ox, oy + ph + 11, t.dates[0].strftime("%m-%d"), "start", 8))
+            body.append(_text(ox + pw, oy + ph + 11, t.dates[-1].strftime("%m-%d"), "end", 8))
+    foot = rows_n * ch + 10
+    unscored = len(t.accounts) - len(scored)
+    body.append(_text(10, foot + 8, "score per day (dots; green once graduated) against graduate_score (dashed); "
+                      "a green bar marks the graduation day" + (f"; {unscored} account(s) without a score"
+                                                                if unscored else ""), "start", 10))
+    return _svg("health", cols * cw, foot + 16, body, "health score per account per day")
+
+
+def _health_band(t: Tally) -> str:
+    w, h, left, top = 900, 260, 50, 20
+    pw, ph = w - left - 20, h - top - 40
+    marks = Counter(a.reputation.graduate_score for a in t.accounts)
+    mark = marks.most_common(1)[0][0]
+    body: list[str] = []
+    _axis_y(left, top, ph, 100, body, "score")
+    n = max(1, len(t.dates))
+    step = pw / n
+
+    def y(v: float) -> float:
+        return top + ph - ph * v / 100
+
+    body.append(_line(left, y(mark), left + pw, y(mark), "#16a34a", "graduate-score", "3 3"))
+    share: list[str] = []
+    for i, d in enumerate(t.dates):
+        x = left + i * step + step / 2
+        graduated = sum(1 for g in t.graduated.values() if g <= d)
+        share.append(f"{x:.1f},{y(100 * graduated / len(t.accounts)):.1f}")
+        vals = sorted(r.health for a in t.accounts
+                      if (r := t.rows.get((a.email, d))) is not None and r.health is not None)
+        if i % max(1, n // 10) == 0:
+            body.append(_text(x, top + ph + 14, d.strftime("%m-%d"), "middle", 9))
+        if not vals:
+            continue
+        q1, med, q3 = _quartiles(vals)
+        below = sum(1 for v in vals if v < mark)
+        body.append(f'<line x1="{x:.1f}" y1="{y(vals[0]):.1f}" x2="{x:.1f}" y2="{y(vals[-1]):.1f}" '
+                    f'stroke="#93c5fd" stroke-width="{max(1.0, step * 0.5):.1f}"/>')
+        body.append(f'<line x1="{x:.1f}" y1="{y(q1):.1f}" x2="{x:.1f}" y2="{y(q3):.1f}" stroke="#2563eb" '
+                    f'stroke-width="{max(1.0, step * 0.5):.1f}"/>')
+        tip = (f"{d.isoformat()}: {len(vals)} accounts scored; min {vals[0]}, quartiles {q1:g}/{med:g}/{q3:g}, "
+               f"max {vals[-1]}; {below} below {mark}; {graduated} graduated")
+        body.append(f'<circle class="mark" cx="{x:.1f}" cy="{y(med):.1f}" r="3" fill="#111827">'
+                    f"<title>{_e(tip)}</title></circle>")
+    if share:
+        body.append(f'<polyline class="graduated" fill="none" stroke="#16a34a" stroke-width="1.5" '
+                    f'points="{" ".join(share)}"/>')
+    others = "" if len(marks) == 1 else f" (the most common of {len(marks)})"
+    body.append(_text(left, h - 6, f"{len(t.accounts)} accounts: min-max (light), quartiles (dark), median (dot) "
+                                   f"of the day's scores; dashed: graduate_score {mark}{others}; green line: "
+                                   f"% of the pool graduated ({len(t.graduated)} by the last day)", "start", 10))
+    return _svg("health", w, h, body, "health score across the pool")
+
+
 def _lateness(t: Tally) -> str:
     w, h, left, top = 900, 220, 50, 20
     pw, ph = w - left - 20, h - top - 50
@@ -599,7 +705,7 @@ def _settings(config: Config, accounts: Sequence[Account]) -> str:
 
 def _table(t: Tally, live: bool) -> str:
     head = (["date", "day", "target", "planned", "replies", "sent", "pending", "skipped", "failed", "uncertain",
-             "inbox", "junk"] if live else
+             "inbox", "junk", "health median (scored)"] if live else
             ["date", "day", "target", "planned", "replies", "bounced", "junk", "accounts held", "accounts paused"])
     rows = []
     for d in t.dates:
@@ -609,13 +715,20 @@ def _table(t: Tally, live: bool) -> str:
         skipped = sum(r.skipped.values())
         reasons = ", ".join(f"{k} {v}" for k, v in r.skipped.most_common(3))
         cells = ([d.isoformat(), WEEKDAYS[d.weekday()], r.target, r.planned, r.replies, r.sent, r.pending,
-                  f"{skipped}" + (f" ({reasons})" if reasons else ""), r.failed, r.uncertain, r.inbox, r.junk]
+                  f"{skipped}" + (f" ({reasons})" if reasons else ""), r.failed, r.uncertain, r.inbox, r.junk,
+                  _median_health(t, d)]
                  if live else
                  [d.isoformat(), WEEKDAYS[d.weekday()], r.target, r.planned, r.replies, r.bounced, r.junk, held,
                   paused])
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
+
+
+def _median_health(t: Tally, d: date) -> str:
+    """The day's median score across the accounts scored that day ("" when none was)."""
+    vals = [r.health for a in t.accounts if (r := t.rows.get((a.email, d))) is not None and r.health is not None]
+    return f"{statistics.median(vals):g} ({len(vals)})" if vals else ""
 
 
 CSS = """
@@ -645,6 +758,10 @@ def render(t: Tally, config: Config, *, title: str, meta: Sequence[str], live: b
         ("Inbox placement", "Where each account's mail landed, per day.", _placement(t)),
         ("Engagement", "Opens, replies, rescues from junk and bounces, per day.", _engagement(t)),
         ("Holds and pauses", "When an account's ramp was held or the account paused.", _timeline(t)),
+        ("Health", "Each account's health score per local day (0-100; README \"Health score\") against its "
+                   "graduate_score, and when it graduated." if live else
+         "The simulator computes no health score (it needs placement, DNS and blocklist results): the live "
+         "report draws it.", _health(t) if live else ""),
     ]
     if live:
         sections.append(("Lateness at send", "How late each send's MAIL FROM went out.", _lateness(t)))
@@ -748,10 +865,15 @@ def tally_rows(config: Config, rows: ReportRows, dates: Sequence[date]) -> Tally
                 r.opened += n
             elif kind == "rescue":
                 r.rescued += n
-    for email, paused, paused_ms, hold_until, hold_reason in rows.states:
+    for email, day, score in rows.health:
+        if (r := row(email, day)) is not None:
+            r.health = score
+    for email, paused, paused_ms, hold_until, hold_reason, graduated in rows.states:
         acct = by_email.get(email)
         if acct is None:
             continue
+        if graduated:
+            t.graduated[email] = date.fromisoformat(graduated)
         if paused:
             since = local_date(acct.timezone, (paused_ms or 0) / 1000)
             t.spans.append(Span(email, "pause", since, None, paused))

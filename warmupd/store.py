@@ -1738,7 +1738,9 @@ class ReportRows:
     pairs: list[tuple[str, str, int]]
     placements: list[tuple[str, str, str, int]]  # sender, sender's local date, inbox|junk, n
     actions: list[tuple[str, str, str, int]]  # acting account, local date received, kind, n
-    states: list[tuple[str, str | None, int | None, str | None, str | None]]  # email, paused, paused_ms, hold
+    # email, paused_reason, paused_ms, hold_until, hold_reason, graduated (local date)
+    states: list[tuple[str, str | None, int | None, str | None, str | None, str | None]]
+    health: list[tuple[str, str, int]]  # account, local_date, score
 
 
 def _bins_case(expr: str, edges: Sequence[int]) -> str:
@@ -1797,7 +1799,20 @@ def _report_rows(con: sqlite3.Connection, first: str, last: str, offsets_json: s
         "SELECT a.account, r.local_date, a.kind, count(*) FROM actions a JOIN received r ON "
         "r.send_id = a.send_id AND r.account = a.account WHERE a.status = 'done' AND r.local_date BETWEEN ? "
         "AND ? GROUP BY 1, 2, 3", rng)]
-    states = [(r[0], r[1], r[2], r[3], r[4]) for r in con.execute(
-        "SELECT email, paused_reason, paused_ms, hold_until, hold_reason FROM accounts")]
+    states = [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in con.execute(
+        "SELECT email, paused_reason, paused_ms, hold_until, hold_reason, graduated FROM accounts")]
     return ReportRows(days, statuses, hours, gaps, late, weekdays, sent_by, received_by, pairs, placements,
-                      actions, states)
+                      actions, states, _health_days(con, offsets_json))
+
+
+def _health_days(con: sqlite3.Connection, offsets_json: str) -> list[tuple[str, str, int]]:
+    """The stored health score of each (account, local date) the offsets list: one
+    primary-key lookup each (the table keeps every day ever scored), all in one query
+    whose rows come back grouped per account as JSON (one row per account, not per day)."""
+    out: list[tuple[str, str, int]] = []
+    for account, days in con.execute(
+            "WITH o AS (SELECT " + _J.format(0) + " AS account, " + _J.format(1) + " AS day FROM json_each(?) j) "
+            "SELECT h.account, json_group_array(json_array(h.local_date, h.score)) FROM o JOIN health_days h "
+            "ON h.account = o.account AND h.local_date = o.day GROUP BY h.account", (offsets_json,)):
+        out += [(str(account), str(d), int(n)) for d, n in json.loads(days)]
+    return out

@@ -326,6 +326,31 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 # ---------------------------------------------------------------- parsing helpers
 
 
+def parse_resolver(spec: str) -> tuple[str, int] | None:
+    """``"127.0.0.1:5353"``, ``"127.0.0.1"``, ``"[::1]:53"`` or ``"::1"`` -> (address, port);
+    ``""`` -> None (the system's resolver). Raises ValueError naming the problem."""
+    spec = spec.strip()
+    if not spec:
+        return None
+    host, port = spec, 53
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", spec)
+    if m:
+        host, port = m.group(1), int(m.group(2) or 53)
+    elif spec.count(":") == 1:
+        host, _, p = spec.partition(":")
+        if not p.isdigit():
+            raise ValueError(f'must be "ADDRESS" or "ADDRESS:PORT", got {spec!r}')
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'must be an IP address with an optional port, like "127.0.0.1:5353", '
+                         f"got {spec!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    return host, port
+
+
 def parse_duration(value: Any) -> float:
     """"30s", "4m", "1h", "7d" or combinations like "1h30m" -> seconds."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -1381,8 +1406,6 @@ def _dns_settings(c: _Collector, d: dict[str, Any]) -> DnsSettings:
         c.add("daemon.resolver", f'must be an address like "127.0.0.1:5353", got {resolver!r}')
         resolver = ""
     else:
-        from .dnscheck import parse_resolver
-
         try:
             parse_resolver(resolver)
         except ValueError as e:

@@ -45,6 +45,8 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from .config import parse_resolver
+
 VERDICTS = ("ok", "warn", "unknown", "fail")  # in rising order of trouble
 LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 VOID_LIMIT = 2  # RFC 7208 4.6.4
@@ -114,31 +116,6 @@ class DomainReport:
 
 
 # ---------------------------------------------------------------- the resolver
-
-
-def parse_resolver(spec: str) -> tuple[str, int] | None:
-    """``"127.0.0.1:5353"``, ``"127.0.0.1"``, ``"[::1]:53"`` or ``"::1"`` -> (address, port);
-    ``""`` -> None (the system's resolver). Raises ValueError naming the problem."""
-    spec = spec.strip()
-    if not spec:
-        return None
-    host, port = spec, 53
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", spec)
-    if m:
-        host, port = m.group(1), int(m.group(2) or 53)
-    elif spec.count(":") == 1:
-        host, _, p = spec.partition(":")
-        if not p.isdigit():
-            raise ValueError(f'must be "ADDRESS" or "ADDRESS:PORT", got {spec!r}')
-        port = int(p)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f'must be an IP address with an optional port, like "127.0.0.1:5353", '
-                         f"got {spec!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1-65535, got {port}")
-    return host, port
 
 
 class DNS:

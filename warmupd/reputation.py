@@ -45,6 +45,7 @@ from .dnscheck import DNS, DomainReport, check_domain
 from .logs import get_logger
 from .store import AccountState, Store
 
+HEALTH_CHUNK = 1000  # accounts per grouped read of the health loop
 CONCURRENCY = 10
 START_FRESH = 3600.0  # a stored check younger than this is not repeated at start
 DNS_HOLD = "dns: "
@@ -333,32 +334,40 @@ class Reputation:
     # ------------------------------------------------------------ health
 
     async def update_health(self) -> None:
+        """Today's score of every account, from its last DAYS days: one grouped read per
+        HEALTH_CHUNK accounts (a pool of 100,000 is 100 reads, not 200,000)."""
         rows = []
         changed = []
-        for i, a in enumerate(self.host.accounts):
-            if i % 200 == 199:
-                await asyncio.sleep(0)
-            st = self.host.state(a.email)
-            today = self.host.today(a)
-            dates = [(today - timedelta(days=k)).isoformat() for k in range(health.DAYS)]
-            by_day = await self.host.store.placement_by_day(a.email, dates)
-            days = [(by_day.get(d, {}).get("inbox", 0), sum(by_day.get(d, {}).values())) for d in dates]
-            sent, bounced = await self.host.store.sent_and_bounced(a.email, dates)
-            report = self.reports.get(a.domain.lower())
-            sc = health.score(days, sent, bounced, report.verdict if report else None, self.listing_verdict(a))
-            view = {"date": today.isoformat(), **sc.to_json()}
-            if st is not None:
-                if not st.graduated and health.graduates(sc.score, st.warmup_day, a.reputation.graduate_score,
-                                                         a.reputation.graduate_day):
-                    st.graduated = today.isoformat()
-                    changed.append(st)
-                    self.log.info("account graduated", account=a.email, score=sc.score, warmup_day=st.warmup_day,
-                                  graduate_score=a.reputation.graduate_score,
-                                  graduate_day=a.reputation.graduate_day,
-                                  maintenance_per_day=a.reputation.maintenance_per_day)
-                view["graduated"] = st.graduated
-            self.scores[a.email] = view
-            rows.append((a.email, today.isoformat(), sc.score, json.dumps(sc.to_json())))
+        accounts = list(self.host.accounts)
+        for start in range(0, len(accounts), HEALTH_CHUNK):
+            chunk = accounts[start:start + HEALTH_CHUNK]
+            todays = {a.email: self.host.today(a) for a in chunk}
+            windows = {e: [(t - timedelta(days=k)).isoformat() for k in range(health.DAYS)]
+                       for e, t in todays.items()}
+            inputs = await self.host.store.health_inputs(list(windows.items()))
+            for a in chunk:
+                today = todays[a.email]
+                by_day, sent, bounced = inputs[a.email]
+                days = [(by_day.get(d, {}).get("inbox", 0), sum(by_day.get(d, {}).values()))
+                        for d in windows[a.email]]
+                report = self.reports.get(a.domain.lower())
+                sc = health.score(days, sent, bounced, report.verdict if report else None,
+                                  self.listing_verdict(a))
+                view = {"date": today.isoformat(), **sc.to_json()}
+                st = self.host.state(a.email)
+                if st is not None:
+                    if not st.graduated and health.graduates(sc.score, st.warmup_day, a.reputation.graduate_score,
+                                                             a.reputation.graduate_day):
+                        st.graduated = today.isoformat()
+                        changed.append(st)
+                        self.log.info("account graduated", account=a.email, score=sc.score,
+                                      warmup_day=st.warmup_day, graduate_score=a.reputation.graduate_score,
+                                      graduate_day=a.reputation.graduate_day,
+                                      maintenance_per_day=a.reputation.maintenance_per_day)
+                    view["graduated"] = st.graduated
+                self.scores[a.email] = view
+                rows.append((a.email, today.isoformat(), sc.score, json.dumps(sc.to_json())))
+            await asyncio.sleep(0)
         await self.host.store.save_health(rows)
         if changed:
             await self.host.store.upsert_accounts(changed)

@@ -1566,34 +1566,34 @@ class Store:
         return await self.read(lambda con: [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in con.execute(
             "SELECT subject, checked_ms, verdict, result FROM reputation_checks WHERE kind=?", (kind,))])
 
-    async def placement_by_day(self, sender: str, local_dates: Sequence[str]) -> dict[str, dict[str, int]]:
-        """{sender's local date: {placement: n}} of its warmup mail as received."""
-        if not local_dates:
-            return {}
-        q = ",".join("?" * len(local_dates))
+    async def health_inputs(self, days: Sequence[tuple[str, Sequence[str]]]
+                            ) -> dict[str, tuple[dict[str, dict[str, int]], int, int]]:
+        """For (account, its local dates) pairs: {account: ({date: {placement: n}} of its
+        warmup mail as received, sends that went out, of them bounced)}. Two grouped
+        statements on the cold reader (the health loop's: never ahead of a send's read),
+        whose work is all inside SQLite."""
+        pairs = _json([[a, d] for a, dates in days for d in dates])
+        want = ("WITH w AS (SELECT " + _J.format(0) + " AS account, " + _J.format(1) + " AS day FROM "
+                "json_each(?1) j) ")
 
-        def fn(con: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            out: dict[str, dict[str, int]] = {}
-            for d, placement, n in con.execute(
-                    "SELECT b.local_date, r.placement, count(*) FROM plan_batches b JOIN sends s ON s.id "
-                    "BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id=s.id WHERE b.account=? "
-                    f"AND b.local_date IN ({q}) GROUP BY b.local_date, r.placement", (sender, *local_dates)):
-                out.setdefault(str(d), {})[str(placement)] = int(n)
-            return out
-        return await self.read(fn, cold=True)  # the health loop's: never ahead of a send's read
-
-    async def sent_and_bounced(self, account: str, local_dates: Sequence[str]) -> tuple[int, int]:
-        """(sends that went out, of them bounced) of an account on these local dates."""
-        if not local_dates:
-            return 0, 0
-        q = ",".join("?" * len(local_dates))
-
-        def fn(con: sqlite3.Connection) -> tuple[int, int]:
-            r = con.execute(
-                "SELECT count(*), coalesce(sum(s.bounced), 0) FROM plan_batches b JOIN sends s ON s.id "
-                f"BETWEEN b.first_id AND b.last_id WHERE b.account=? AND b.local_date IN ({q}) AND "
-                "s.status IN ('sent', 'uncertain')", (account, *local_dates)).fetchone()
-            return (int(r[0]), int(r[1])) if r else (0, 0)
+        def fn(con: sqlite3.Connection) -> dict[str, tuple[dict[str, dict[str, int]], int, int]]:
+            placed: dict[str, dict[str, dict[str, int]]] = {}
+            text = con.execute(
+                want + "SELECT json_group_array(json_array(account, day, placement, n)) FROM (SELECT "
+                "w.account AS account, w.day AS day, r.placement AS placement, count(*) AS n FROM w JOIN "
+                "plan_batches b ON b.account = w.account AND b.local_date = w.day JOIN sends s ON s.id "
+                "BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id = s.id "
+                "GROUP BY w.account, w.day, r.placement)", (pairs,)).fetchone()[0]
+            for account, day, placement, n in json.loads(text):
+                placed.setdefault(account, {}).setdefault(day, {})[placement] = int(n)
+            text = con.execute(
+                want + "SELECT json_group_array(json_array(account, n, bounced)) FROM (SELECT w.account AS "
+                "account, count(*) AS n, coalesce(sum(s.bounced), 0) AS bounced FROM w JOIN plan_batches b "
+                "ON b.account = w.account AND b.local_date = w.day JOIN sends s ON s.id BETWEEN b.first_id "
+                "AND b.last_id WHERE s.status IN ('sent', 'uncertain') GROUP BY w.account)",
+                (pairs,)).fetchone()[0]
+            sent = {account: (int(n), int(b)) for account, n, b in json.loads(text)}
+            return {a: (placed.get(a, {}), *sent.get(a, (0, 0))) for a, _ in days}
         return await self.read(fn, cold=True)
 
     async def save_health(self, rows: Sequence[tuple[str, str, int, str]]) -> None:

@@ -420,6 +420,7 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in INHERITED_ENV}
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
+    env["WARMUPD_SYSTEM_RESOLVER"] = "off"  # no reputation lookups beyond loopback
     return env
 
 

@@ -420,6 +420,8 @@ def base_env(tree: Path, faketime: float | None = None) -> dict[str, str]:
         env.pop(k, None)
     env["PYTHONPATH"] = str(tree)
     env["PYTHONUNBUFFERED"] = "1"
+    # The pool's domain is in no DNS, and only loopback is ours to ask: no reputation lookups.
+    env["WARMUPD_SYSTEM_RESOLVER"] = "off"
     if faketime is not None:
         env["LD_PRELOAD"] = LIBFAKETIME
         env["FAKETIME"] = f"{faketime:+.3f}"

@@ -3,6 +3,10 @@ and the pure verdict functions on their own."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.rig.dns_server import BlackHole, DNSServer
@@ -147,3 +151,19 @@ def test_resolver_setting(spec: str, want: tuple[str, int] | None) -> None:
 def test_resolver_setting_refused(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_resolver(spec)
+
+
+def test_resolver_off_looks_nothing_up(tmp_path: Path) -> None:
+    """`resolver = "off"` (a closed network, the demo): the config takes it, and
+    `warmupd check --dns` says so instead of asking the system's resolver."""
+    (tmp_path / "config.toml").write_text("\n".join([
+        "[daemon]", 'resolver = "off"', "",
+        "[[accounts]]", 'email = "a@nowhere.test"', 'start_date = "2026-12-01"',
+        'smtp = { host = "127.0.0.1", password = "x" }', "",
+        "[[accounts]]", 'email = "b@nowhere.test"', 'start_date = "2026-12-01"',
+        'smtp = { host = "127.0.0.1", password = "y" }', ""]))
+    done = subprocess.run([sys.executable, "-m", "warmupd.cli", "check", "--config", str(tmp_path / "config.toml"),
+                           "--dns"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'DNS and blocklist checks are off (daemon.resolver = "off")' in done.stdout
+    assert "nowhere.test" not in done.stdout.split("DNS and blocklist")[1]

@@ -187,7 +187,7 @@ class Reputation:
 class DnsSettings:
     """[daemon] resolver and check settings (dnscheck.py, blocklists.py, reputation.py)."""
 
-    resolver: str = ""  # "ADDRESS[:PORT]"; "" = the system's
+    resolver: str = ""  # "ADDRESS[:PORT]"; "" = the system's; "off": no lookups at all
     timeout: float = 5.0
     interval: float = 86400.0  # each domain's DNS checks
     blocklist_interval: float = 6 * 3600.0
@@ -326,11 +326,15 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 # ---------------------------------------------------------------- parsing helpers
 
 
+RESOLVER_OFF = "off"  # [daemon] resolver = "off": no DNS or blocklist lookups (a closed network)
+
+
 def parse_resolver(spec: str) -> tuple[str, int] | None:
     """``"127.0.0.1:5353"``, ``"127.0.0.1"``, ``"[::1]:53"`` or ``"::1"`` -> (address, port);
-    ``""`` -> None (the system's resolver). Raises ValueError naming the problem."""
+    ``""`` (or ``"off"``, no checks at all) -> None (the system's resolver). Raises
+    ValueError naming the problem."""
     spec = spec.strip()
-    if not spec:
+    if not spec or spec == RESOLVER_OFF:
         return None
     host, port = spec, 53
     m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", spec)

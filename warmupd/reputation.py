@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from . import health
 from .blocklists import Listing, check_names
 from .calendar import iso_utc
-from .config import Account, Config, DnsSettings
+from .config import RESOLVER_OFF, Account, Config, DnsSettings
 from .dnscheck import DNS, DomainReport, check_domain
 from .logs import get_logger
 from .store import AccountState, Store
@@ -104,7 +104,10 @@ class Reputation:
     def enabled(self) -> bool:
         """Lookups are made unless no resolver is configured and WARMUPD_SYSTEM_RESOLVER=off
         (the tests' setting: they query only servers on loopback)."""
-        return bool(self.host.settings.resolver) or os.environ.get("WARMUPD_SYSTEM_RESOLVER") != "off"
+        resolver = self.host.settings.resolver
+        if resolver == RESOLVER_OFF:
+            return False
+        return bool(resolver) or os.environ.get("WARMUPD_SYSTEM_RESOLVER") != "off"
 
     @property
     def dns_interval(self) -> float:
@@ -289,7 +292,7 @@ class Reputation:
         """Holds for failing DNS, pauses for listings, resumes after a delisting."""
         changed: list[AccountState] = []
         for i, a in enumerate(self.host.accounts):
-            if i % 500 == 499:
+            if i % 200 == 199:
                 await asyncio.sleep(0)
             st = self.host.state(a.email)
             if st is None:
@@ -345,7 +348,9 @@ class Reputation:
             windows = {e: [(t - timedelta(days=k)).isoformat() for k in range(health.DAYS)]
                        for e, t in todays.items()}
             inputs = await self.host.store.health_inputs(list(windows.items()))
-            for a in chunk:
+            for i, a in enumerate(chunk):
+                if i % 100 == 99:
+                    await asyncio.sleep(0)  # a chunk's scores take tens of ms: never in one go
                 today = todays[a.email]
                 by_day, sent, bounced = inputs[a.email]
                 days = [(by_day.get(d, {}).get("inbox", 0), sum(by_day.get(d, {}).values()))
@@ -432,6 +437,8 @@ async def check_report(cfg: Config) -> str:
     """``warmupd check --dns``: every sender domain's checks and every name's blocklist
     verdicts now, as a table (the daemon's own functions, the configured resolver)."""
     s = cfg.daemon.dns
+    if s.resolver == RESOLVER_OFF:
+        return 'DNS and blocklist checks are off (daemon.resolver = "off"): nothing was looked up'
     resolver = DNS(s.resolver, s.timeout)
     params: dict[str, tuple[set[str], set[str]]] = {}
     for a in cfg.accounts:

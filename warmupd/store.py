@@ -1566,42 +1566,50 @@ class Store:
         return await self.read(lambda con: [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in con.execute(
             "SELECT subject, checked_ms, verdict, result FROM reputation_checks WHERE kind=?", (kind,))])
 
-    async def health_inputs(self, days: Sequence[tuple[str, Sequence[str]]]
+    async def health_inputs(self, spans: Sequence[tuple[str, str, str]]
                             ) -> dict[str, tuple[dict[str, dict[str, int]], int, int]]:
-        """For (account, its local dates) pairs: {account: ({date: {placement: n}} of its
-        warmup mail as received, sends that went out, of them bounced)}. Two grouped
-        statements on the cold reader (the health loop's: never ahead of a send's read),
-        whose work is all inside SQLite."""
-        pairs = _json([[a, d] for a, dates in days for d in dates])
-        want = ("WITH w AS (SELECT " + _J.format(0) + " AS account, " + _J.format(1) + " AS day FROM "
-                "json_each(?1) j) ")
+        """For (account, first local date, last local date): {account: ({date: {placement:
+        n}} of its warmup mail as received, sends that went out, of them bounced)}. Two
+        grouped statements on the cold reader (the health loop's: never ahead of a send's
+        read), whose work is all inside SQLite."""
+        pairs = _json(spans)
+        want = ("WITH w AS (SELECT " + _J.format(0) + " AS account, " + _J.format(1) + " AS first, "
+                + _J.format(2) + " AS last FROM json_each(?1) j) ")
 
-        def fn(con: sqlite3.Connection) -> dict[str, tuple[dict[str, dict[str, int]], int, int]]:
-            placed: dict[str, dict[str, dict[str, int]]] = {}
-            text = con.execute(
+        def fn(con: sqlite3.Connection) -> tuple[str, str]:
+            placed_text = con.execute(
                 want + "SELECT json_group_array(json_array(account, day, placement, n)) FROM (SELECT "
-                "w.account AS account, w.day AS day, r.placement AS placement, count(*) AS n FROM w JOIN "
-                "plan_batches b ON b.account = w.account AND b.local_date = w.day JOIN sends s ON s.id "
-                "BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id = s.id "
-                "GROUP BY w.account, w.day, r.placement)", (pairs,)).fetchone()[0]
-            for account, day, placement, n in json.loads(text):
-                placed.setdefault(account, {}).setdefault(day, {})[placement] = int(n)
-            text = con.execute(
+                "w.account AS account, b.local_date AS day, r.placement AS placement, count(*) AS n FROM w "
+                "JOIN plan_batches b ON b.account = w.account AND b.local_date BETWEEN w.first AND w.last "
+                "JOIN sends s ON s.id BETWEEN b.first_id AND b.last_id JOIN received r ON r.send_id = s.id "
+                "GROUP BY w.account, b.local_date, r.placement)", (pairs,)).fetchone()[0]
+            sent_text = con.execute(
                 want + "SELECT json_group_array(json_array(account, n, bounced)) FROM (SELECT w.account AS "
                 "account, count(*) AS n, coalesce(sum(s.bounced), 0) AS bounced FROM w JOIN plan_batches b "
-                "ON b.account = w.account AND b.local_date = w.day JOIN sends s ON s.id BETWEEN b.first_id "
-                "AND b.last_id WHERE s.status IN ('sent', 'uncertain') GROUP BY w.account)",
+                "ON b.account = w.account AND b.local_date BETWEEN w.first AND w.last JOIN sends s ON s.id "
+                "BETWEEN b.first_id AND b.last_id WHERE s.status IN ('sent', 'uncertain') GROUP BY w.account)",
                 (pairs,)).fetchone()[0]
-            sent = {account: (int(n), int(b)) for account, n, b in json.loads(text)}
-            return {a: (placed.get(a, {}), *sent.get(a, (0, 0))) for a, _ in days}
-        return await self.read(fn, cold=True)
+            return str(placed_text), str(sent_text)
+
+        # The JSON is parsed here, on the loop's thread: Python work on the reader's
+        # thread would contend with the loop for the GIL.
+        placed_text, sent_text = await self.read(fn, cold=True)
+        placed: dict[str, dict[str, dict[str, int]]] = {}
+        for account, day, placement, n in json.loads(placed_text):
+            placed.setdefault(account, {}).setdefault(day, {})[placement] = int(n)
+        sent = {account: (int(n), int(b)) for account, n, b in json.loads(sent_text)}
+        return {a: (placed.get(a, {}), *sent.get(a, (0, 0))) for a, _, _ in spans}
 
     async def save_health(self, rows: Sequence[tuple[str, str, int, str]]) -> None:
         """(account, local date, score, parts JSON): today's score, replaced as the day goes."""
-        if rows:
-            await self.write(lambda con: con.executemany(
-                "INSERT OR REPLACE INTO health_days (account, local_date, score, parts) VALUES (?,?,?,?)",
-                rows), "health scores")
+        if not rows:
+            return
+        # One statement over a JSON array: an executemany of 100,000 rows on the writer
+        # would take the GIL back from the event loop row by row (late sends meanwhile).
+        text = _json(rows)
+        await self.write(lambda con: con.execute(
+            "INSERT OR REPLACE INTO health_days (account, local_date, score, parts) SELECT "
+            + ", ".join(_J.format(k) for k in range(4)) + " FROM json_each(?1) j", (text,)), "health scores")
 
     async def health_history(self, account: str, since: str) -> list[tuple[str, int, str]]:
         """(local date, score, parts JSON) of an account's days from ``since`` on, oldest first."""

@@ -41,22 +41,9 @@ def _load(path: str) -> Config:
 def stored_states(cfg: Config) -> dict[str, tuple[int, str]]:
     """{email: (warmup_day, advanced_through)} from an existing database, read-only, in
     one query; empty without a usable one."""
-    from .store import SCHEMA_VERSION, StoreError, check_file
+    from .store import read_states
 
-    db = cfg.daemon.database
-    try:
-        if check_file(db) != SCHEMA_VERSION:
-            return {}
-    except StoreError:
-        return {}
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {r[0]: (int(r[1]), str(r[2])) for r in con.execute(
-            "SELECT email, warmup_day, advanced_through FROM accounts")}
-    finally:
-        con.close()
+    return {e: (st.warmup_day, st.advanced_through) for e, st in read_states(cfg.daemon.database).items()}
 
 
 def warmup_day_for(account: Account, day: date, stored: dict[str, tuple[int, str]]) -> int:

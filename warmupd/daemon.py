@@ -527,53 +527,10 @@ def diff_accounts(old: Config, new: Config) -> AccountsDiff:
                         schedule, other)
 
 
-class _EngagementHost:
-    """What IMAP engagement may use of the daemon (imap.EngagementHost), and nothing more."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._d = daemon
-        assert daemon.store is not None and daemon.firing is not None and daemon.planning is not None
-        self.store: Store = daemon.store
-        self.rng = daemon.rng
-        self._firing, self._planning = daemon.firing, daemon.planning
-        self._lower: tuple[Config, dict[str, Account]] | None = None
-
-    def now(self) -> float:
-        return self._d.now()
-
-    def today(self, account: Account) -> date:
-        return self._d.today(account)
-
-    @property
-    def accounts(self) -> Sequence[Account]:
-        return self._d.config.accounts
-
-    def account(self, email: str) -> Account | None:
-        """The account of an address, whatever its case (a dict lookup)."""
-        cfg = self._d.config
-        if self._lower is None or self._lower[0] is not cfg:
-            self._lower = (cfg, {a.email.lower(): a for a in cfg.accounts})
-        return self._lower[1].get(email.strip().lower())
-
-    def state(self, email: str) -> AccountState | None:
-        return self._planning.states.get(email)
-
-    def schedule(self, due_ms: int, ident: int, kind: int = SEND) -> None:
-        self._firing.schedule(due_ms, ident, kind)
-
-    def cancel(self, ident: int, kind: int = SEND) -> None:
-        self._firing.cancel(ident, kind)
-
-    async def pause(self, email: str, reason: str) -> None:
-        await self._planning.pause(email, reason)
-
-    async def token(self, email: str, rejected: str | None = None) -> str:
-        assert self._d.tokens is not None
-        return await self._d.tokens.token(email, rejected)
-
-
-class _ReputationHost:
-    """What the reputation checks may use of the daemon (reputation.ReputationHost)."""
+class _Host:
+    """What every background part (engagement, reputation) may use of the daemon: the
+    clock, the accounts and their states, the store, pause. Each part's own host adds
+    the rest of its Protocol, and nothing more."""
 
     def __init__(self, daemon: Daemon) -> None:
         assert daemon.store is not None and daemon.planning is not None
@@ -591,15 +548,47 @@ class _ReputationHost:
     def accounts(self) -> Sequence[Account]:
         return self._d.config.accounts
 
-    @property
-    def settings(self) -> DnsSettings:
-        return self._d.config.daemon.dns
-
     def state(self, email: str) -> AccountState | None:
         return self._planning.states.get(email)
 
     async def pause(self, email: str, reason: str) -> None:
         await self._planning.pause(email, reason)
+
+
+class _EngagementHost(_Host):
+    """What IMAP engagement may use of the daemon (imap.EngagementHost)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon)
+        assert daemon.firing is not None
+        self.rng = daemon.rng
+        self._firing = daemon.firing
+        self._lower: tuple[Config, dict[str, Account]] | None = None
+
+    def account(self, email: str) -> Account | None:
+        """The account of an address, whatever its case (a dict lookup)."""
+        cfg = self._d.config
+        if self._lower is None or self._lower[0] is not cfg:
+            self._lower = (cfg, {a.email.lower(): a for a in cfg.accounts})
+        return self._lower[1].get(email.strip().lower())
+
+    def schedule(self, due_ms: int, ident: int, kind: int = SEND) -> None:
+        self._firing.schedule(due_ms, ident, kind)
+
+    def cancel(self, ident: int, kind: int = SEND) -> None:
+        self._firing.cancel(ident, kind)
+
+    async def token(self, email: str, rejected: str | None = None) -> str:
+        assert self._d.tokens is not None
+        return await self._d.tokens.token(email, rejected)
+
+
+class _ReputationHost(_Host):
+    """What the reputation checks may use of the daemon (reputation.ReputationHost)."""
+
+    @property
+    def settings(self) -> DnsSettings:
+        return self._d.config.daemon.dns
 
     async def resume(self, email: str) -> None:
         await self._planning.resume(email)

@@ -39,8 +39,10 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from . import faults
+from .calendar import iso_utc
 from .config import Account, Config, OAuthClient
 from .logs import forget_secret, get_logger, register_secret
+from .metrics import family
 from .store import Store
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -229,8 +231,6 @@ class Tokens:
         tok = self._by_account.get(email)
         if tok is None:
             return None
-        from .calendar import iso_utc
-
         return {"oauth_client": tok.client.name, "grant": tok.client.grant,
                 "token_expires_at": iso_utc(tok.expires_at) if tok.access else None,
                 "last_token_error": tok.error}
@@ -239,14 +239,12 @@ class Tokens:
         """Prometheus text of the token requests (never a token); none without OAuth."""
         if not self._tokens:
             return []
-        lines = ["# HELP warmupd_oauth_token_requests_total Token requests since start, by client and result.",
-                 "# TYPE warmupd_oauth_token_requests_total counter"]
-        for (client, result), n in sorted(self.results.items()):
-            lines.append(f'warmupd_oauth_token_requests_total{{client="{client}",result="{result}"}} {n}')
         failing = sum(1 for t in self._tokens.values() if t.error is not None)
-        lines += ["# HELP warmupd_oauth_tokens_failing Access tokens whose last request failed or is missing.",
-                  "# TYPE warmupd_oauth_tokens_failing gauge", f"warmupd_oauth_tokens_failing {failing}"]
-        return lines
+        return [*family("warmupd_oauth_token_requests_total", "counter",
+                        "Token requests since start, by client and result.",
+                        (({"client": c, "result": r}, n) for (c, r), n in sorted(self.results.items()))),
+                *family("warmupd_oauth_tokens_failing", "gauge",
+                        "Access tokens whose last request failed or is missing.", [({}, failing)])]
 
     def _count(self, tok: _Token, result: str) -> None:
         key = (tok.client.name, result)

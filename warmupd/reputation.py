@@ -43,6 +43,7 @@ from .calendar import iso_utc
 from .config import RESOLVER_OFF, Account, Config, DnsSettings
 from .dnscheck import DNS, DomainReport, check_domain
 from .logs import get_logger
+from .metrics import family
 from .store import AccountState, Store
 
 HEALTH_CHUNK = 200  # accounts per grouped read of the health loop (a few ms of work each)
@@ -428,29 +429,23 @@ class Reputation:
                 "next_blocklist_check": iso_utc(self._bl_due) if self._bl_due else None}
 
     def metrics_lines(self) -> list[str]:
-        lines = ["# HELP warmupd_dns_check 1 for the verdict of each DNS check of each sender domain.",
-                 "# TYPE warmupd_dns_check gauge"]
-        for d, r in sorted(self.reports.items()):
-            for c in r.checks:
-                lines.append(f'warmupd_dns_check{{domain="{d}",check="{c.name}",verdict="{c.verdict}"}} 1')
-        lines += ["# HELP warmupd_blocklist_listed 1 listed, 0 clear, -1 unknown, per name and zone.",
-                  "# TYPE warmupd_blocklist_listed gauge"]
-        for (n, z), x in sorted(self.listings.items()):
-            code = {"listed": 1, "clear": 0}.get(x.verdict, -1)
-            lines.append(f'warmupd_blocklist_listed{{name="{n}",zone="{z}"}} {code}')
-        lines += ["# HELP warmupd_health_score The account's health score of its local day (0-100).",
-                  "# TYPE warmupd_health_score gauge"]
-        for e, v in sorted(self.scores.items()):
-            lines.append(f'warmupd_health_score{{account="{e}"}} {v["score"]}')
-        lines += ["# HELP warmupd_account_graduated 1 once the account graduated.",
-                  "# TYPE warmupd_account_graduated gauge"]
-        for e, v in sorted(self.scores.items()):
-            lines.append(f'warmupd_account_graduated{{account="{e}"}} {int(bool(v.get("graduated")))}')
-        lines += ["# HELP warmupd_dns_queries_total DNS queries made by the checks.",
-                  "# TYPE warmupd_dns_queries_total counter", f"warmupd_dns_queries_total {self.dns.queries}",
-                  "# HELP warmupd_dns_errors_total DNS queries that failed (timeouts, SERVFAIL).",
-                  "# TYPE warmupd_dns_errors_total counter", f"warmupd_dns_errors_total {self.dns.errors}"]
-        return lines
+        scores = sorted(self.scores.items())
+        return [
+            *family("warmupd_dns_check", "gauge", "1 for the verdict of each DNS check of each sender domain.",
+                    (({"domain": d, "check": c.name, "verdict": c.verdict}, 1)
+                     for d, r in sorted(self.reports.items()) for c in r.checks)),
+            *family("warmupd_blocklist_listed", "gauge", "1 listed, 0 clear, -1 unknown, per name and zone.",
+                    (({"name": n, "zone": z}, {"listed": 1, "clear": 0}.get(x.verdict, -1))
+                     for (n, z), x in sorted(self.listings.items()))),
+            *family("warmupd_health_score", "gauge", "The account's health score of its local day (0-100).",
+                    (({"account": e}, v["score"]) for e, v in scores)),
+            *family("warmupd_account_graduated", "gauge", "1 once the account graduated.",
+                    (({"account": e}, int(bool(v.get("graduated")))) for e, v in scores)),
+            *family("warmupd_dns_queries_total", "counter", "DNS queries made by the checks.",
+                    [({}, self.dns.queries)]),
+            *family("warmupd_dns_errors_total", "counter", "DNS queries that failed (timeouts, SERVFAIL).",
+                    [({}, self.dns.errors)]),
+        ]
 
 
 async def check_report(cfg: Config) -> str:

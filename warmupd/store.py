@@ -74,21 +74,28 @@ def _owner_only(path: Path) -> None:
         os.close(fd)
 
 
-def stored_token_keys(path: Path) -> set[tuple[str, str]] | None:
-    """(account, client) of every stored refresh token, read-only, for `warmupd check`;
-    None without a usable database of this version."""
+def read_only(path: Path, query: Callable[[sqlite3.Connection], T]) -> T | None:
+    """``query`` on the database opened read-only, without a Store: for the offline
+    commands (check, preview, simulate), which may run beside a daemon. None without a
+    usable database of this version (or when the query fails)."""
     try:
         if not path.exists() or check_file(path) != SCHEMA_VERSION:
             return None
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except (StoreError, sqlite3.Error):
         return None
     try:
-        return {(r[0], r[1]) for r in con.execute("SELECT account, client FROM oauth_tokens")}
+        return query(con)
     except sqlite3.Error:
         return None
     finally:
         con.close()
+
+
+def stored_token_keys(path: Path) -> set[tuple[str, str]] | None:
+    """(account, client) of every stored refresh token, for `warmupd check`."""
+    return read_only(path, lambda con: {(r[0], r[1]) for r in con.execute(
+        "SELECT account, client FROM oauth_tokens")})
 
 
 class StoreError(Exception):
@@ -424,19 +431,8 @@ _ACCOUNT_STATES_SQL = ("SELECT email, warmup_day, advanced_through, paused_reaso
 
 def read_states(path: Path) -> dict[str, AccountState]:
     """The accounts' stored states, read-only, without a Store (for `warmupd simulate`
-    beside a running daemon); empty when there is no usable database of this version."""
-    try:
-        if check_file(path) != SCHEMA_VERSION:
-            return {}
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except (StoreError, sqlite3.Error):
-        return {}
-    try:
-        return {r[0]: AccountState(*r) for r in con.execute(_ACCOUNT_STATES_SQL)}
-    except sqlite3.Error:
-        return {}
-    finally:
-        con.close()
+    beside a running daemon, and check and preview); empty without a usable database."""
+    return read_only(path, lambda con: {r[0]: AccountState(*r) for r in con.execute(_ACCOUNT_STATES_SQL)}) or {}
 
 
 def check_file(path: Path) -> int:

@@ -756,3 +756,32 @@ def test_defaults_tables_are_checked_once_where_they_are(tmp_path: Path) -> None
     one_with(probs, "defaults.engagement.delay", "range of durations")
     one_with(probs, "defaults.tag", "must be a string")
     assert len(probs) == 5, probs
+
+
+def test_shared_server_settings_are_checked_per_account_and_keep_own_credentials(tmp_path: Path) -> None:
+    # Accounts with equal smtp tables (host, port, security) share one checked copy of
+    # them (the load at 100,000 accounts depends on it); each keeps its own username and
+    # password, and a problem in the shared part is still reported for every account
+    # under its own key path.
+    (tmp_path / "bob.pw").write_text("bob-0ther-Secret\n")
+    text = """
+        [[accounts]]
+        email = "alice@example.com"
+        start_date = 2026-01-05
+        smtp = { host = "mail.example.com", port = 587, password_file = "alice.pw" }
+
+        [[accounts]]
+        email = "bob@example.com"
+        start_date = 2026-01-05
+        smtp = { host = "mail.example.com", port = 587, username = "bob-login", password_file = "bob.pw" }
+    """
+    cfg = load_config(write(tmp_path, text), env={})
+    alice, bob = cfg.accounts
+    assert alice.smtp is not None and bob.smtp is not None
+    assert (alice.smtp.username, alice.smtp.password) == ("alice@example.com", Secret(PASSWORD))
+    assert (bob.smtp.username, bob.smtp.password) == ("bob-login", Secret("bob-0ther-Secret"))
+    assert (alice.smtp.host, alice.smtp.port) == (bob.smtp.host, bob.smtp.port) == ("mail.example.com", 587)
+
+    probs = problems(write(tmp_path, text.replace("port = 587", "port = 0")))
+    one_with(probs, "accounts[0].smtp.port", "1-65535")
+    one_with(probs, "accounts[1].smtp.port", "1-65535")

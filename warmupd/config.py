@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import gc
 import glob
 import ipaddress
 import json
 import math
 import os
+import pickle
 import re
 import ssl
 import stat
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache, partial
@@ -25,12 +27,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .geometry import layout_spans, period_capacity, split_by_weight
+import rtoml
 
-try:  # the same parser as the standard library's tomllib, compiled: 3x faster on a 100,000-account pool
-    import tomli as tomllib
-except ImportError:  # pragma: no cover - tomli is a dependency; tomllib is its pure-Python twin
-    import tomllib  # type: ignore[no-redef]
+from .geometry import layout_spans, period_capacity, split_by_weight
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SECURITY = ("none", "starttls", "tls")
@@ -528,30 +527,32 @@ class _Collector:
 _T = TypeVar("_T")
 
 
-def _freeze(value: Any) -> Hashable:
-    """A raw TOML value as a hashable key equal to another's only if the values are the
-    same: the type is part of it (1, 1.0 and true are equal in Python but not here),
-    floats and dates compare by repr (-0.0 and 0.0; one instant in two offsets), tables
-    keep their key order (the order periods are listed in)."""
-    if isinstance(value, dict):
-        return (dict, tuple((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return (list, tuple(_freeze(v) for v in value))
-    if isinstance(value, str | int):  # bool included: type(value) tells it apart
-        return (type(value), value)
-    return (type(value), repr(value))
+def _fingerprint(value: Any) -> bytes:
+    """A raw TOML value as a key equal to another's only if the values are the same.
+
+    The pickle of what the TOML parser gives (dicts, lists, strings, ints, floats, bools,
+    dates and times) tells apart what ``==`` does not (1, 1.0 and true; -0.0 and 0.0;
+    one instant in two offsets) and keeps the order of keys (the order periods are
+    listed in); equal values shared differently may give two keys (a second build, no
+    harm). It runs in C: a Python walk over the values cost 1.3 s at 100,000 accounts,
+    ``repr`` (floats through dtoa) 1.1 s. A value pickle refuses (the parser's own
+    time-zone objects in a date-time) falls back to its ``repr``, marked apart."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return b"repr:" + repr(value).encode("utf-8", "surrogatepass")
 
 
 class _Memo(Generic[_T]):
     """Objects built by one load, by the raw values they were built from."""
 
     def __init__(self) -> None:
-        self._built: dict[Hashable, _T] = {}
+        self._built: dict[bytes, _T] = {}
 
     def get(self, c: _Collector, raw: Any, build: Callable[[], _T | None]) -> _T | None:
         """The object built earlier from values equal to ``raw``, else ``build()``'s,
         kept for later if it reported no problem."""
-        key = _freeze(raw)
+        key = _fingerprint(raw)
         if key in self._built:
             return self._built[key]
         reported = c.reported
@@ -706,7 +707,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _regular_file(file: Path, limit: int) -> os.stat_result:
+def _regular_file(file: str | Path, limit: int) -> os.stat_result:
     """stat ``file`` (following symlinks): raise _NotAFile unless it is a regular file
     of at most ``limit`` bytes. A FIFO or a device is never opened (an open() of a FIFO
     waits for a writer for ever; /dev/zero never ends). OSError (FileNotFoundError
@@ -723,7 +724,7 @@ def _size(n: int) -> str:
     return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
 
 
-def _read_regular(file: Path, limit: int) -> bytes:
+def _read_regular(file: str | Path, limit: int) -> bytes:
     """The bytes of ``file``, a regular file of at most ``limit`` bytes (else _NotAFile):
     checked before it is opened, opened without blocking, and never read past ``limit``
     (in case it was swapped or grew since)."""
@@ -733,16 +734,12 @@ def _read_regular(file: Path, limit: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _NotAFile(f"is {_kind(st.st_mode)}, not a regular file")
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, limit + 1 - total)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise _NotAFile(f"is more than {_size(limit)}")
+        # One read: on a regular file a read shorter than asked ends at its end of file
+        # (a second read to see b"" cost a system call per password file).
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise _NotAFile(f"is more than {_size(limit)}")
+        return data
     finally:
         os.close(fd)
 
@@ -820,24 +817,26 @@ def _resolve_password(c: _Collector, srv: dict[str, Any], path: str, base: Path,
 
 
 def _read_credential(c: _Collector, val: str, path: str, base: Path, creds: _CredentialFolder,
-                     what: str, limit: int) -> tuple[bytes, Path] | None:
+                     what: str, limit: int) -> tuple[bytes, str] | None:
     """The bytes of a credential file named in the config: an absolute path, or a name
     looked up in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) first and then
     against the config's folder."""
     if _no_nul(c, val, path) is None:
         return None
-    candidates: list[Path] = []
-    p = Path(val)
-    if p.is_absolute():
-        candidates.append(p)
+    # Plain strings, not Path objects: pathlib's joins cost more than the reads at
+    # 100,000 password files.
+    candidates: list[str] = []
+    if os.path.isabs(val):
+        candidates.append(val)
     else:
         if creds.folder is not None:
+            name = os.path.basename(val)
             # systemd's LoadCredential= puts each credential here by its name.
-            candidates.append(creds.folder / val)
-            candidates.append(creds.folder / p.name)
+            candidates.append(os.path.join(creds.folder, val))
+            candidates.append(os.path.join(creds.folder, name))
             # LoadCredential=NAME:/a/folder names each file NAME_<file> (systemd 252).
-            candidates.extend(creds.named(p.name))
-        candidates.append(base / p)
+            candidates.extend(str(x) for x in creds.named(name))
+        candidates.append(os.path.join(base, val))
     for cand in candidates:
         try:
             # read_text's text layer costs twice the bytes read at 100,000 files; the
@@ -1052,13 +1051,42 @@ def _server_auth(c: _Collector, srv: dict[str, Any], path: str,
     return auth, name
 
 
+_OWN_SERVER_KEYS = {"username", "password_file", "password_env", "password", "auth", "oauth"}
+
+
 def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, str], *,
             imap: bool, email: str, creds: _CredentialFolder | None = None,
-            clients: tuple[dict[str, OAuthClient], set[str]] | None = None) -> Server | None:
+            clients: tuple[dict[str, OAuthClient], set[str]] | None = None,
+            memo: _Memo[Server] | None = None) -> Server | None:
+    """An ``smtp``/``imap`` table. What accounts share (host, port, security, timeouts,
+    ca_file) is checked once per distinct value through ``memo``; the username, the
+    password and the auth method are the account's own."""
     srv = _table(c, raw, path)
     if not srv:
         return None
-    c.unknown_keys(srv, _IMAP_KEYS if imap else _SERVER_KEYS, path)
+    shared = {k: v for k, v in srv.items() if k not in _OWN_SERVER_KEYS}
+    build = partial(_server_settings, c, shared, path, base, imap)
+    settings = memo.get(c, (imap, shared), build) if memo is not None else build()
+    username = srv.get("username", email)
+    if not isinstance(username, str) or not username:
+        if "username" in srv:  # else the account's bad email is the problem, reported already
+            c.add(_join(path, "username"), "must be a non-empty string")
+        username = None
+    if creds is None:
+        creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
+    auth = _server_auth(c, srv, path, clients)
+    password = _resolve_password(c, srv, path, base, env, creds) if auth and auth[0] == "password" else None
+    if settings is None or username is None or auth is None:
+        return None
+    return Server(host=settings.host, port=settings.port, security=settings.security, username=username,
+                  password=password, timeout=settings.timeout, junk_folder=settings.junk_folder,
+                  poll=settings.poll, ca_file=settings.ca_file, auth=auth[0], oauth=auth[1])
+
+
+def _server_settings(c: _Collector, srv: dict[str, Any], path: str, base: Path, imap: bool) -> Server | None:
+    """The shared part of a server table (all but ``_OWN_SERVER_KEYS``) as a Server
+    without username and password."""
+    c.unknown_keys(srv, (_IMAP_KEYS if imap else _SERVER_KEYS) - _OWN_SERVER_KEYS, path)
     host = srv.get("host")
     if not isinstance(host, str) or not host:
         c.add(_join(path, "host"), "is required: the server's host name or address")
@@ -1070,15 +1098,6 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
     default_port = {"none": 143 if imap else 25, "starttls": 143 if imap else 587,
                     "tls": 993 if imap else 465}.get(security or "", 0)
     port = _num(c, srv.get("port", default_port), _join(path, "port"), lo=1, hi=65535, integer=True)
-    username = srv.get("username", email)
-    if not isinstance(username, str) or not username:
-        if "username" in srv:  # else the account's bad email is the problem, reported already
-            c.add(_join(path, "username"), "must be a non-empty string")
-        username = None
-    if creds is None:
-        creds = _CredentialFolder(env.get("CREDENTIALS_DIRECTORY"))
-    auth = _server_auth(c, srv, path, clients)
-    password = _resolve_password(c, srv, path, base, env, creds) if auth and auth[0] == "password" else None
     timeout = _dur(c, srv.get("timeout", "30s"), _join(path, "timeout"), positive=True)
     junk = srv.get("junk_folder", "")
     if not isinstance(junk, str):
@@ -1100,12 +1119,10 @@ def _server(c: _Collector, raw: Any, path: str, base: Path, env: Mapping[str, st
                 c.add(_join(path, "ca_file"), f"cannot load CA bundle {_show(ca_file)}: {e}; "
                                               "give a readable PEM file")
                 ca_file = None
-    if host is None or security is None or port is None or username is None \
-            or timeout is None or poll is None or auth is None:
+    if host is None or security is None or port is None or timeout is None or poll is None:
         return None
-    return Server(host=host, port=port, security=security, username=username,
-                  password=password, timeout=timeout, junk_folder=junk, poll=poll,
-                  ca_file=ca_file, auth=auth[0], oauth=auth[1])
+    return Server(host=host, port=port, security=security, username="", password=None,
+                  timeout=timeout, junk_folder=junk, poll=poll, ca_file=ca_file)
 
 
 @contextlib.contextmanager
@@ -1385,6 +1402,10 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+_REPUTATION_KEYS = ("dkim_selectors", "sending_ips", "dns_required", "graduate_score", "graduate_day",
+                    "maintenance_per_day")
+
+
 def _reputation(c: _Collector, merged: dict[str, Any], at: Callable[[str], str]) -> Reputation | None:
     selectors = _str_list(c, merged.get("dkim_selectors"), at("dkim_selectors"),
                           lambda s: bool(_SELECTOR_RE.match(s)), 'DKIM selector names like "google"')
@@ -1505,9 +1526,9 @@ def _read_toml(c: _Collector, file: Path, label: str) -> dict[str, Any] | None:
         c.add(label, f"cannot read: {e.strerror}")
         return None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message already carries "(at line L, column C)".
+        return rtoml.loads(text)
+    except rtoml.TomlParsingError as e:
+        # The parser's message already carries "at line L column C".
         c.add(label, f"TOML syntax error: {e}")
         return None
 
@@ -1523,13 +1544,22 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
     try:
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
+        data = rtoml.loads(raw_bytes.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message already carries "(at line L, column C)".
+    except rtoml.TomlParsingError as e:
+        # The parser's message already carries "at line L column C".
         raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
-    return build_config(data, path, env)
+    # The cyclic collector finds nothing to free in a load (no cycles are made) but, with
+    # hundreds of thousands of new containers, would walk them all again and again: a
+    # third of a 100,000-account load. Off for the load, as it was before if it was on.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return build_config(data, path, env)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Config:
@@ -1608,6 +1638,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
     engagement_cache: dict[str, Engagement | None] = {}
     schedules: _Memo[Schedule] = _Memo()  # by the account's own _SCHEDULE_KEYS values
     engagements: _Memo[Engagement] = _Memo()  # by the merged engagement table
+    servers: _Memo[Server] = _Memo()  # by the shared part of an smtp/imap table
+    reputations: _Memo[Reputation] = _Memo()  # by the merged _REPUTATION_KEYS values
     for i, (path_i, acc_raw) in enumerate(entries):
         if not isinstance(acc_raw, dict):
             c.add(path_i, "must be a table")
@@ -1665,13 +1697,13 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         smtp = None
         if "smtp" in acc_raw:
             smtp = _server(c, acc_raw["smtp"], f"{path_i}.smtp", base, env, imap=False, email=email or "",
-                           creds=creds, clients=clients)
+                           creds=creds, clients=clients, memo=servers)
         else:
             c.add(f"{path_i}.smtp", "is required: { host = ..., port = ..., security = ..., username = ..., password_file = ... }")
         imap = None
         if "imap" in acc_raw:
             imap = _server(c, acc_raw["imap"], f"{path_i}.imap", base, env, imap=True, email=email or "",
-                           creds=creds, clients=clients)
+                           creds=creds, clients=clients, memo=servers)
         extras_raw = merged.get("extra_recipients", [])
         extras: list[str] = []
         xpath = f"{path_i if 'extra_recipients' in acc_raw else 'defaults'}.extra_recipients"
@@ -1705,7 +1737,8 @@ def build_config(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Co
         elif not isinstance(templates_raw, str):
             c.add(at("templates"), "must be a path string")
         display = _display_name(c, acc_raw.get("name", ""), f"{path_i}.name")
-        reputation = _reputation(c, merged, at)
+        reputation = reputations.get(c, [merged.get(k) for k in _REPUTATION_KEYS],
+                                     partial(_reputation, c, merged, at))
         if email and start_date and sched and eng and max_attempts is not None and reputation:
             accounts.append(Account(
                 email=email, start_date=start_date, schedule=sched, smtp=smtp, imap=imap,
@@ -1738,10 +1771,10 @@ def read_socket_path(path: str | os.PathLike[str], env: Mapping[str, str] | None
     p = Path(path).absolute()
     d: dict[str, Any] = {}
     try:
-        daemon = tomllib.loads(p.read_text(encoding="utf-8")).get("daemon")
+        daemon = rtoml.loads(p.read_text(encoding="utf-8")).get("daemon")
         if isinstance(daemon, dict):  # else (daemon = 3) the defaults: `check` reports it
             d = daemon
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, rtoml.TomlParsingError):
         # Fall back to a line scan so a syntax error elsewhere doesn't hide the socket.
         try:
             for line in p.read_text(encoding="utf-8", errors="replace").splitlines():

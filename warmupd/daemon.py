@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import random
 import signal
@@ -390,6 +391,7 @@ class Daemon:
                 return {"ok": False, "errors": [self.last_reload_error], "changes": []}
             self.last_reload_error = None
             self.config_loaded_at = time.time()
+            gc.freeze()  # the new config lives on: out of the collector's walks (_settle_heap)
             if self.notifier is not None:
                 self.notifier.ready(self.status_line())
             self.log.info("reloaded", changes=changes if len(changes) <= 50 else changes[:50],
@@ -613,6 +615,7 @@ async def _amain(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.on_sighup)
     try:
         await daemon.start()
+        _settle_heap()
     except DaemonError as e:
         daemon.log.error("cannot start", error=str(e))
         print(f"warmupd: {e}", file=sys.stderr)
@@ -624,7 +627,20 @@ async def _amain(config: Config) -> int:
     return daemon.exit_code
 
 
+def _settle_heap() -> None:
+    """What start-up built (the config, every account's state, the timers) lives as long
+    as the process: moved out of the cyclic collector's sight, so that a full collection
+    during a midnight rollover walks what the rollover makes, not millions of settled
+    objects (hundreds of ms of loop lag at 100,000 accounts); collection resumes. (No
+    gc.collect() first: a full pass over them would hold the loop as long.)"""
+    gc.freeze()
+    gc.enable()
+
+
 def main(config_path: str | Path) -> int:
+    # No cyclic collection while starting (the config and the states make no garbage
+    # cycles, and the collector would walk them again and again); _settle_heap ends it.
+    gc.disable()
     try:
         config = load_config(config_path)
     except ConfigError as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -37,11 +37,12 @@ def _label(value: object) -> str:
 
 
 def family(name: str, kind: str, help_text: str,
-           samples: Iterable[tuple[Mapping[str, object], object]]) -> list[str]:
+           samples: Iterable[tuple[Mapping[str, object], object]]) -> Iterator[str]:
     """One metric family in Prometheus's text format: HELP, TYPE, a line per sample
-    (``({label: value}, sample value)``, label values escaped)."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    (``({label: value}, sample value)``, label values escaped), made as they are read
+    (the caller paces a large family)."""
+    yield f"# HELP {name} {help_text}"
+    yield f"# TYPE {name} {kind}"
     for labels, value in samples:
         text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
-    return lines
+        yield f"{name}{{{text}}} {value}" if text else f"{name} {value}"

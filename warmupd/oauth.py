@@ -30,13 +30,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx2
-from authlib.integrations.base_client import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
-from joserfc import jwt
-from joserfc.jwk import RSAKey
+from typing import TYPE_CHECKING, Any
 
 from . import faults
 from .calendar import iso_utc
@@ -44,6 +38,10 @@ from .config import Account, Config, OAuthClient
 from .logs import forget_secret, get_logger, register_secret
 from .metrics import family
 from .store import Store
+
+if TYPE_CHECKING:  # Authlib, httpx and joserfc are imported on first use: a third of the
+    # daemon's import time, and most pools have no OAuth account.
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LEAD_MAX = 300.0  # refresh at most this long before expiry (at most half a token's life)
@@ -341,6 +339,8 @@ class Tokens:
         known = self._http.get(client.name)
         if known is not None and known[0] == client:
             return known[1]
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
         http = AsyncOAuth2Client(
             client_id=client.client_id,
             client_secret=client.client_secret.reveal() if client.client_secret else None,
@@ -351,6 +351,9 @@ class Tokens:
 
     async def _request(self, tok: _Token) -> tuple[str, float]:
         """One token request; returns (access token, lifetime in seconds)."""
+        import httpx2
+        from authlib.integrations.base_client import OAuthError
+
         client = tok.client
         http = self._http_client(client)
         scope = " ".join(client.scopes) or None
@@ -411,6 +414,9 @@ class Tokens:
     @staticmethod
     def _assertion(client: OAuthClient, subject: str, scope: str | None) -> str:
         """The RFC 7523 assertion: signed by the service account, for ``subject``."""
+        from joserfc import jwt
+        from joserfc.jwk import RSAKey
+
         assert client.key is not None
         now = int(time.time())
         header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}

@@ -33,7 +33,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 from typing import Any, Protocol
 
@@ -428,24 +428,22 @@ class Reputation:
                 "next_dns_check": iso_utc(min(self._dns_due.values())) if self._dns_due else None,
                 "next_blocklist_check": iso_utc(self._bl_due) if self._bl_due else None}
 
-    def metrics_lines(self) -> list[str]:
-        scores = sorted(self.scores.items())
-        return [
-            *family("warmupd_dns_check", "gauge", "1 for the verdict of each DNS check of each sender domain.",
-                    (({"domain": d, "check": c.name, "verdict": c.verdict}, 1)
-                     for d, r in sorted(self.reports.items()) for c in r.checks)),
-            *family("warmupd_blocklist_listed", "gauge", "1 listed, 0 clear, -1 unknown, per name and zone.",
-                    (({"name": n, "zone": z}, {"listed": 1, "clear": 0}.get(x.verdict, -1))
-                     for (n, z), x in sorted(self.listings.items()))),
-            *family("warmupd_health_score", "gauge", "The account's health score of its local day (0-100).",
-                    (({"account": e}, v["score"]) for e, v in scores)),
-            *family("warmupd_account_graduated", "gauge", "1 once the account graduated.",
-                    (({"account": e}, int(bool(v.get("graduated")))) for e, v in scores)),
-            *family("warmupd_dns_queries_total", "counter", "DNS queries made by the checks.",
-                    [({}, self.dns.queries)]),
-            *family("warmupd_dns_errors_total", "counter", "DNS queries that failed (timeouts, SERVFAIL).",
-                    [({}, self.dns.errors)]),
-        ]
+    def metrics_lines(self) -> Iterator[str]:
+        scores = list(self.scores.items())  # in the order scored: no sort of the pool
+        yield from family("warmupd_dns_check", "gauge", "1 for the verdict of each DNS check of each sender domain.",
+                          (({"domain": d, "check": c.name, "verdict": c.verdict}, 1)
+                           for d, r in sorted(self.reports.items()) for c in r.checks))
+        yield from family("warmupd_blocklist_listed", "gauge", "1 listed, 0 clear, -1 unknown, per name and zone.",
+                          (({"name": n, "zone": z}, {"listed": 1, "clear": 0}.get(x.verdict, -1))
+                           for (n, z), x in sorted(self.listings.items())))
+        yield from family("warmupd_health_score", "gauge", "The account's health score of its local day (0-100).",
+                          (({"account": e}, v["score"]) for e, v in scores))
+        yield from family("warmupd_account_graduated", "gauge", "1 once the account graduated.",
+                          (({"account": e}, int(bool(v.get("graduated")))) for e, v in scores))
+        yield from family("warmupd_dns_queries_total", "counter", "DNS queries made by the checks.",
+                          [({}, self.dns.queries)])
+        yield from family("warmupd_dns_errors_total", "counter", "DNS queries that failed (timeouts, SERVFAIL).",
+                          [({}, self.dns.errors)])
 
 
 async def check_report(cfg: Config) -> str:

@@ -96,6 +96,7 @@ class Reputation:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._domain_params: dict[str, tuple[list[str], list[str]]] = {}
+        self._domains_of: tuple[Sequence[Account], dict[str, Account]] | None = None
         self.dns = self._resolver()
 
     # ------------------------------------------------------------ settings
@@ -136,14 +137,20 @@ class Reputation:
         self._wake.set()
 
     def _domains(self) -> dict[str, Account]:
-        """Each sender domain with one of its accounts (whose selectors and addresses count)."""
+        """Each sender domain with one of its accounts (whose selectors and addresses count);
+        worked out once per set of accounts (a reload gives a new one), not per round."""
+        accounts = self.host.accounts
+        if self._domains_of is not None and self._domains_of[0] is accounts:
+            return self._domains_of[1]
         out: dict[str, tuple[set[str], set[str], Account]] = {}
-        for a in self.host.accounts:
+        for a in accounts:
             sel, ips, _ = out.setdefault(a.domain.lower(), (set(), set(), a))
             sel.update(a.reputation.dkim_selectors)
             ips.update(a.reputation.sending_ips)
         self._domain_params = {d: (sorted(s), sorted(i)) for d, (s, i, _) in out.items()}
-        return {d: a for d, (_, _, a) in out.items()}
+        domains = {d: a for d, (_, _, a) in out.items()}
+        self._domains_of = (accounts, domains)
+        return domains
 
     # ------------------------------------------------------------ life cycle
 

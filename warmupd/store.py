@@ -35,6 +35,7 @@ sends share one fsync; each caller still waits until its own change is on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -570,10 +571,19 @@ class Store:
     PERSISTENT_BACKOFF = (0.1, 5.0)
     BUSY_TIMEOUT_MS = 100  # SQLite's own wait inside one attempt; the retry loop does the rest
     CLEANUP_BATCH = 5000
+    # The WAL is copied into the database by a thread of its own (``checkpoint``), not by
+    # whichever commit crosses SQLite's 1,000-page mark: such a commit took up to 0.55 s
+    # here, and while a large plan is written that was a send's mark, late by as much.
+    CHECKPOINT_EVERY = 1.0  # seconds between looks at the WAL while commits come
+    CHECKPOINT_AT = 4 * 1024 * 1024  # WAL bytes that make a checkpoint (SQLite's own mark)
+    WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to once checkpointed
 
-    def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread) -> None:
+    def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread,
+                 checkpointer: _Thread | None = None) -> None:
         self.path = path
         self._writer, self._hot, self._cold = writer, hot, cold
+        self._checkpointer = checkpointer
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self.health = Health()
         self.commits = 0
         self._next_id = 0  # touched only on the writer thread, inside a transaction
@@ -602,28 +612,65 @@ class Store:
         _owner_only(path)
         base = [f"PRAGMA busy_timeout={cls.BUSY_TIMEOUT_MS}"]
         writer, hot, cold = _Thread("store-writer"), _Thread("store-hot"), _Thread("store-cold")
-        opened: list[_Thread] = []
+        checkpointer = _Thread("store-checkpoint")
+        threads = (writer, hot, cold, checkpointer)
         try:
             await writer.call(writer.connect, path, [
                 *base, "PRAGMA journal_mode=WAL", f"PRAGMA synchronous={synchronous}",
-                "PRAGMA foreign_keys=ON", "PRAGMA cache_size=-262144"])  # 256 MiB at most, for big plans
-            opened.append(writer)
-            store = cls(path, writer, hot, cold)
+                "PRAGMA foreign_keys=ON", "PRAGMA cache_size=-262144",  # 256 MiB at most, for big plans
+                "PRAGMA wal_autocheckpoint=0", f"PRAGMA journal_size_limit={cls.WAL_SIZE_LIMIT}"])
+            store = cls(path, writer, hot, cold, checkpointer)
             await writer.call(store._migrate_sync, version)
             store._next_id = await writer.call(store._first_free_id)
             for t in (hot, cold):
                 await t.call(t.connect, path, [*base, "PRAGMA query_only=ON", "PRAGMA cache_size=-65536"])
-                opened.append(t)
+            await checkpointer.call(checkpointer.connect, path, [*base, "PRAGMA wal_autocheckpoint=0"])
         except sqlite3.Error as e:
-            for t in (writer, hot, cold):
+            for t in threads:
                 await t.close()
             raise StoreError(f"{path}: cannot open the database: {e}"
                              + _advice(classify(e))) from None
         except BaseException:
-            for t in (writer, hot, cold):
+            for t in threads:
                 await t.close()
             raise
+        store._checkpoint_task = asyncio.create_task(store._checkpoints())
         return store
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database (PASSIVE: never waits for, nor holds up, the
+        writer or a reader) on the checkpoint thread; SQLite's (busy, WAL frames,
+        frames copied)."""
+        t = self._checkpointer or self._writer
+
+        def run() -> tuple[int, int, int]:
+            busy, frames, copied = t.conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(busy), int(frames), int(copied)
+
+        return await t.call(run)
+
+    async def _checkpoints(self) -> None:
+        """A checkpoint once commits have made the WAL ``CHECKPOINT_AT`` bytes long (looked
+        at every ``CHECKPOINT_EVERY`` seconds while commits come). One that fails (a disk
+        error) is logged and tried again at the next round: the WAL keeps every commit
+        meanwhile, only larger."""
+        seen = self.commits
+        wal = f"{self.path}-wal"
+        while not self._closed:
+            await asyncio.sleep(self.CHECKPOINT_EVERY)
+            if self.commits == seen or self._closed:
+                continue
+            seen = self.commits
+            try:
+                if os.stat(wal).st_size < self.CHECKPOINT_AT:
+                    continue
+            except OSError:
+                continue
+            try:
+                await self.checkpoint()
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed; trying again in a moment", database=str(self.path),
+                            error=str(e))
 
     def _migrate_sync(self, version: int) -> None:
         con = self._writer.conn()
@@ -652,8 +699,14 @@ class Store:
                 await self.flush()
         finally:
             self._closed = True
-            for t in (self._writer, self._hot, self._cold):
-                await t.close()
+            if self._checkpoint_task is not None:
+                self._checkpoint_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._checkpoint_task
+            # The writer closes last: the last connection to close checkpoints the WAL.
+            for t in (self._hot, self._cold, self._checkpointer, self._writer):
+                if t is not None:
+                    await t.close()
 
     async def verify(self) -> str | None:
         """A full ``quick_check`` on the cold reader (for a file too large to check

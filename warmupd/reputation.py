@@ -97,6 +97,7 @@ class Reputation:
         self._stopping = False
         self._domain_params: dict[str, tuple[list[str], list[str]]] = {}
         self._domains_of: tuple[Sequence[Account], dict[str, Account]] | None = None
+        self._graduated: set[str] = set()  # accounts whose score view says graduated
         self.dns = self._resolver()
 
     # ------------------------------------------------------------ settings
@@ -388,6 +389,10 @@ class Reputation:
                                       maintenance_per_day=a.reputation.maintenance_per_day)
                     view["graduated"] = st.graduated
                 self.scores[a.email] = view
+                if view.get("graduated"):
+                    self._graduated.add(a.email)
+                else:
+                    self._graduated.discard(a.email)
                 rows.append((a.email, today.isoformat(), sc.score, json.dumps(sc.to_json())))
             if start + HEALTH_CHUNK < len(accounts):
                 # Spread over the interval: each chunk's reads scan its accounts' week of
@@ -428,7 +433,7 @@ class Reputation:
         for r in self.reports.values():
             verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
         listed = sorted({f"{x.name} on {x.zone}" for x in self.listings.values() if x.verdict == "listed"})
-        graduated = sorted(e for e, v in self.scores.items() if v.get("graduated"))
+        graduated = sorted(self._graduated)  # kept beside scores: no pass over the pool per status
         return {"domains": verdicts, "listed": listed, "graduated": graduated,
                 "resolver": self.dns.spec or "system", "dns_queries": self.dns.queries,
                 "dns_errors": self.dns.errors,

@@ -391,3 +391,40 @@ async def test_wal_is_checkpointed_by_the_store_not_by_commits(tmp_path: Path,
         assert con.execute("SELECT count(*) FROM sends").fetchone()[0] == 12 * 5000
     finally:
         con.close()
+
+
+async def test_a_large_plan_stops_between_chunks_when_the_daemon_stops(tmp_path: Path) -> None:
+    # The daemon's stop must not wait for a plan of 100,000 account-days (it held a stop
+    # for the whole shutdown_timeout): once ``stopping()`` says so, no further chunk is
+    # begun; what was written is whole, and the rest is still unplanned for the next start.
+    import random
+    from datetime import date
+
+    from warmupd.config import load_config
+    from warmupd.planner import Pool
+    from warmupd.planning import plan_and_persist
+
+    (tmp_path / "pw").write_text("secret-pw\n")
+    accounts = "".join(
+        f'[[accounts]]\nemail = "u{i}@example.com"\nstart_date = 2026-01-05\n'
+        f'smtp = {{ host = "127.0.0.1", port = 2525, security = "none", password_file = "pw" }}\n'
+        for i in range(600))
+    (tmp_path / "config.toml").write_text('[defaults]\ntimezone = "UTC"\n'
+                                          'weekdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
+                                          '[defaults.ramp]\nstart = 5\nstep = 1\nmax = 5\n' + accounts)
+    cfg = load_config(tmp_path / "config.toml", env={})
+    day = date(2026, 3, 4)
+    items = [(a, day, 1, None, 0) for a in cfg.accounts]
+    s = await Store.open(tmp_path / "state" / "warmupd.db")
+    try:
+        chunks: list[int] = []
+        n = await plan_and_persist(s, items, random.Random(1), Pool([a.email for a in cfg.accounts]),
+                                   chunk=100, progress=chunks.append, stopping=lambda: len(chunks) >= 1)
+        planned = await s.planned_days([day.isoformat()])
+        assert 100 <= len(planned) < 600  # stopped after a chunk or two, each one whole
+        assert n == 5 * len(planned)
+        assert chunks[-1] == len(planned)
+        rest = [it for it in items if (it[0].email, day.isoformat()) not in planned]
+        assert len(rest) == 600 - len(planned)  # left for the next start's plan_missing
+    finally:
+        await s.close()

@@ -93,7 +93,7 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
                            progress: Callable[[int], None] | None = None, slice_s: float = SLICE,
                            clock: Callable[[], float] | None = None, lead: float = 0.0,
                            graduated: Callable[[Account], bool] | None = None,
-                           seed: int | None = None) -> int:
+                           seed: int | None = None, stopping: Callable[[], bool] | None = None) -> int:
     """Plan (account, day, warmup_day, not_before, already_sent) items and persist them.
 
     Planning runs on the loop's thread in slices of ``slice_s`` (a few account-days
@@ -112,6 +112,10 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     With ``seed``, each account-day draws from ``plan_rng(seed, account, day)`` (and
     its Message-IDs from ``rng``); without, every draw comes from ``rng`` in turn.
 
+    Once ``stopping()`` is true no further chunk is begun: the daemon's stop does not
+    wait for a large plan (each chunk is its own transaction; the account-days not
+    written are planned at the next start).
+
     The cyclic garbage collector is paused meanwhile: planning allocates millions
     of acyclic objects, and each of its passes would walk every live object again
     (a fifth of the time at 4 M sends)."""
@@ -119,7 +123,7 @@ async def plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random.
     gc.disable()
     try:
         return await _plan_and_persist(store, items, rng, pool, chunk, on_keys, hold_cut, progress, slice_s,
-                                       clock, lead, graduated, seed)
+                                       clock, lead, graduated, seed, stopping)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -130,7 +134,8 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                             hold_cut: Callable[[Account, date], float] | None,
                             progress: Callable[[int], None] | None, slice_s: float,
                             now: Callable[[], float] | None, lead: float,
-                            graduated: Callable[[Account], bool] | None, seed: int | None) -> int:
+                            graduated: Callable[[Account], bool] | None, seed: int | None,
+                            stopping: Callable[[], bool] | None = None) -> int:
     total = 0
     done = 0
     writer: asyncio.Task[list[tuple[int, int, str]]] | None = None
@@ -175,6 +180,8 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
                 done += builder.days
                 builder = store.plan_builder()
                 slice_end = clock() + slice_s
+                if stopping is not None and stopping():
+                    break
             elif clock() > slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + slice_s
@@ -337,23 +344,31 @@ class Planning:
             n = await self.plan_items(items)
         finally:
             self.progress = None
-        self.log.info("background planning done", account_days=len(items), sends=n,
-                      seconds=round(self.now() - t0, 3))
+        if not self._stopping:
+            self.log.info("background planning done", account_days=len(items), sends=n,
+                          seconds=round(self.now() - t0, 3))
 
     async def plan_items(self, items: Sequence[PlanItem]) -> int:
+        stored = 0
+
         def progress(done: int) -> None:
+            nonlocal stored
+            stored = done
             if self.progress is not None:
                 self.progress["done"] = done
 
         n = await plan_and_persist(self.store, items, self.rng, self.pool, on_keys=self.timers.schedule_keys,
                                    hold_cut=self.hold_cut, progress=progress, clock=self.now, lead=PLAN_LEAD,
-                                   graduated=self.graduated, seed=self.seed)
+                                   graduated=self.graduated, seed=self.seed, stopping=lambda: self._stopping)
         if len(items) <= 50:
             for a, day, wday, not_before, already in items:
                 self.log.info("planned", account=a.email, date=day.isoformat(), warmup_day=wday,
                               target=day_target(a, wday, self.graduated(a)), already_sent=already,
                               remaining_only=not_before is not None)
-        self.log.info("plan stored", account_days=len(items), sends=n)
+        if stored < len(items):  # the daemon is stopping: the rest is planned at the next start
+            self.log.info("plan stored in part; stopping", account_days=stored, of=len(items), sends=n)
+        else:
+            self.log.info("plan stored", account_days=len(items), sends=n)
         return n
 
     async def replan_rest_of_today(self, account: Account) -> int:

@@ -764,17 +764,9 @@ def test_shared_server_settings_are_checked_per_account_and_keep_own_credentials
     # password, and a problem in the shared part is still reported for every account
     # under its own key path.
     (tmp_path / "bob.pw").write_text("bob-0ther-Secret\n")
-    text = """
-        [[accounts]]
-        email = "alice@example.com"
-        start_date = 2026-01-05
-        smtp = { host = "mail.example.com", port = 587, password_file = "alice.pw" }
-
-        [[accounts]]
-        email = "bob@example.com"
-        start_date = 2026-01-05
-        smtp = { host = "mail.example.com", port = 587, username = "bob-login", password_file = "bob.pw" }
-    """
+    text = ACCOUNTS.replace('smtp = { host = "mail.example.com", password_file = "alice.pw" }',
+                            'smtp = { host = "mail.example.com", port = 587, username = "bob-login", '
+                            'password_file = "bob.pw" }')
     cfg = load_config(write(tmp_path, text), env={})
     alice, bob = cfg.accounts
     assert alice.smtp is not None and bob.smtp is not None

@@ -263,6 +263,7 @@ class Planning:
         query for all of them; returns the states that changed (not yet stored)."""
         changed: list[AccountState] = []
         behind: dict[str, tuple[AccountState, str]] = {}
+        eves: dict[date, str] = {}  # today -> the day before, ISO: a pool has two or three todays
         async for email, (account, today) in _paced(todays.items()):
             st = self.states.get(email)
             if st is None:
@@ -270,7 +271,9 @@ class Planning:
                 self.states[email] = st
                 changed.append(st)
                 continue
-            until = (today - timedelta(days=1)).isoformat()
+            until = eves.get(today)
+            if until is None:
+                until = eves[today] = (today - timedelta(days=1)).isoformat()
             if st.advanced_through < until:
                 behind[email] = (st, until)
         if behind:

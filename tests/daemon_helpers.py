@@ -79,6 +79,21 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid TOML basic string
 
 
+def account_lines(email: str, start: str, smtp: str, *extra: str) -> list[str]:
+    """One ``[[accounts]]`` table of a generated config: ``smtp`` is its inline table,
+    ``extra`` further lines of it (``imap = {...}``, ``weekdays = [...]``)."""
+    return ["[[accounts]]", f"email = {_toml_str(email)}", f"start_date = {_toml_str(start)}",
+            *extra, f"smtp = {smtp}", ""]
+
+
+def rig_password_file(folder: Path, email: str) -> Path:
+    """``folder/<user>.pw`` holding the rig's password for ``email``, owner-only."""
+    pw_file = folder / f"{email.split('@')[0]}.pw"
+    pw_file.write_text(RIG_USERS[email] + "\n")
+    pw_file.chmod(0o600)
+    return pw_file
+
+
 def write_config(tmp_path: Path, port: int, *, ports: Mapping[str, int] | None = None,
                  accounts: Sequence[str] = ACCOUNTS, grace: str = "3s", min_gap: str = "2s",
                  jitter: str = "1s", timeouts: Mapping[str, str] | None = None,
@@ -122,15 +137,11 @@ def write_config(tmp_path: Path, port: int, *, ports: Mapping[str, int] | None =
         "",
     ]
     for email in accounts:
-        user = email.split("@")[0]
-        pw_file = tmp_path / f"{user}.pw"
-        pw_file.write_text(RIG_USERS[email] + "\n")
-        pw_file.chmod(0o600)
+        pw_file = rig_password_file(tmp_path, email)
         smtp = (f'{{ host = "127.0.0.1", port = {ports.get(email, port)}, security = "none", '
                 f'username = "{email}", password_file = "{pw_file.name}", '
                 f'timeout = "{timeouts.get(email, default_timeout)}" }}')
-        lines += ["[[accounts]]", f'email = "{email}"', f'start_date = "{start.isoformat()}"',
-                  *(extra or {}).get(email, ()), f"smtp = {smtp}", ""]
+        lines += account_lines(email, start.isoformat(), smtp, *(extra or {}).get(email, ()))
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines))
     return path

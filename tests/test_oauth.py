@@ -25,6 +25,7 @@ import pytest
 
 from tests.daemon_helpers import (
     DaemonFactory,
+    account_lines,
     db_path,
     seed_plan,
     send_rows,
@@ -69,17 +70,14 @@ def write_config(tmp: Path, rig: MailRig, srv: OAuthServer, accounts: Mapping[st
         lines += [f"[oauth.{name}]", *body, ""]
     start = (utc_today().replace(year=utc_today().year + 1)).isoformat()  # plans nothing itself
     for email, client in accounts.items():
-        lines += ["[[accounts]]", f"email = {_q(email)}", f'start_date = "{start}"',
-                  f'smtp = {{ host = "127.0.0.1", port = {rig.smtp_port}, security = "none", '
-                  f'auth = "oauth", oauth = {_q(client)}, timeout = "5s" }}']
-        if imap:
-            lines.append(f'imap = {{ host = "127.0.0.1", port = {rig.imap_port}, security = "none", '
-                         f'auth = "oauth", oauth = {_q(client)}, poll = "2s", timeout = "3s" }}')
-        lines.append("")
+        imap_line = (f'imap = {{ host = "127.0.0.1", port = {rig.imap_port}, security = "none", '
+                     f'auth = "oauth", oauth = {_q(client)}, poll = "2s", timeout = "3s" }}')
+        lines += account_lines(email, start, f'{{ host = "127.0.0.1", port = {rig.smtp_port}, security = "none", '
+                                             f'auth = "oauth", oauth = {_q(client)}, timeout = "5s" }}',
+                               *([imap_line] if imap else []))
     for email in password_accounts:
-        lines += ["[[accounts]]", f"email = {_q(email)}", f'start_date = "{start}"',
-                  f'smtp = {{ host = "127.0.0.1", port = {rig.smtp_port}, security = "none", '
-                  f'password = {_q(rig.users[email])}, timeout = "5s" }}', ""]
+        lines += account_lines(email, start, f'{{ host = "127.0.0.1", port = {rig.smtp_port}, security = "none", '
+                                             f'password = {_q(rig.users[email])}, timeout = "5s" }}')
     path = tmp / "config.toml"
     path.write_text("\n".join(lines))
     return path

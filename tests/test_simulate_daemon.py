@@ -25,8 +25,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.daemon_helpers import ACCOUNTS, REPO_ROOT, db_path, wait_rows
-from tests.rig.fixtures import RIG_USERS
+from tests.daemon_helpers import (
+    ACCOUNTS,
+    REPO_ROOT,
+    account_lines,
+    db_path,
+    rig_password_file,
+    wait_rows,
+)
 from warmupd.config import load_config
 from warmupd.simulate import simulate
 
@@ -52,12 +58,10 @@ def write_pool(tmp_path: Path, port: int) -> Path:
              'normal = { windows = ["00:07-00:08"], weight = 0.3 }', "",
              "[defaults.ramp]", "start = 2", "step = 2", "max = 9", ""]
     for email in ACCOUNTS:
-        pw = tmp_path / f"{email.split('@')[0]}.pw"
-        pw.write_text(RIG_USERS[email] + "\n")
-        pw.chmod(0o600)
-        lines += ["[[accounts]]", f'email = "{email}"', f'start_date = "{FIRST.isoformat()}"',
-                  f'smtp = {{ host = "127.0.0.1", port = {port}, security = "none", username = "{email}", '
-                  f'password_file = "{pw.name}" }}', ""]
+        pw = rig_password_file(tmp_path, email)
+        lines += account_lines(email, FIRST.isoformat(),
+                               f'{{ host = "127.0.0.1", port = {port}, security = "none", username = "{email}", '
+                               f'password_file = "{pw.name}" }}')
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines))
     return path

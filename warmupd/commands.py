@@ -8,6 +8,7 @@ never holds up a send's row read nor queues behind a plan chunk.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from .config import Account, Config
 from .control import ControlError
 from .firing import Firing
 from .logs import get_logger
-from .metrics import LATENESS_BUCKETS, Metrics
+from .metrics import LATENESS_BUCKETS, Metrics, family
 from .planner import day_target
 from .planning import Planning
 from .store import STATUSES, Store
@@ -380,17 +381,13 @@ class Commands:
     async def cmd_metrics(self) -> str:
         _, planning, firing = self._parts()
         m = self.d.metrics
-        lines = [
-            "# HELP warmupd_sends_total Send state changes since start, by account and new status.",
-            "# TYPE warmupd_sends_total counter",
-        ]
         # Per-account series in the order they came (no sort of 100,000s on the loop).
-        for (account, status), n in list(m.transitions.items()):
-            lines.append(f'warmupd_sends_total{{account="{account}",status="{status}"}} {n}')
-            if len(lines) % PACE_LINES == 0:
-                await asyncio.sleep(0)
-        lines += ["# HELP warmupd_send_lateness_seconds MAIL FROM time minus the planned instant.",
-                  "# TYPE warmupd_send_lateness_seconds histogram"]
+        sends = family("warmupd_sends_total", "counter",
+                       "Send state changes since start, by account and new status.",
+                       (({"account": account, "status": status}, n)
+                        for (account, status), n in list(m.transitions.items())))
+        lines = ["# HELP warmupd_send_lateness_seconds MAIL FROM time minus the planned instant.",
+                 "# TYPE warmupd_send_lateness_seconds histogram"]
         for b, c in zip(LATENESS_BUCKETS, m.lateness_counts, strict=True):
             lines.append(f'warmupd_send_lateness_seconds_bucket{{le="{b}"}} {c}')
         h = self.d.health()
@@ -421,15 +418,16 @@ class Commands:
                   "# HELP warmupd_accounts_paused Accounts paused now.",
                   "# TYPE warmupd_accounts_paused gauge",
                   f"warmupd_accounts_paused {sum(1 for st in planning.states.values() if st.paused_reason)}"]
-        for part in (self.d.engagement, self.d.tokens, self.d.reputation):
-            if part is not None:
-                # A line per account and series at 100,000 accounts: rendered in slices
-                # with the loop let run between them (one go held it for 30-100 ms).
-                for line in part.metrics_lines():
-                    lines.append(line)
-                    if len(lines) % PACE_LINES == 0:
-                        await asyncio.sleep(0)
-        return "\n".join(lines) + "\n"
+        parts = [sends, lines, *(p.metrics_lines() for p in (self.d.engagement, self.d.tokens, self.d.reputation)
+                                 if p is not None)]
+        # A line per account and series at 100,000 accounts: rendered in slices with the
+        # loop let run between them (one go held it for 30-100 ms).
+        out: list[str] = []
+        for line in itertools.chain.from_iterable(parts):
+            out.append(line)
+            if len(out) % PACE_LINES == 0:
+                await asyncio.sleep(0)
+        return "\n".join(out) + "\n"
 
 
 _date = date  # cmd_schedule's parameter is called ``date`` (the socket's field name)

@@ -581,8 +581,7 @@ class Store:
     # writer's next transaction, held the writer (and the sends' marks) for 1.3 s here.
     # The file is reused from its start once checkpointed, and removed at close.
 
-    def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread,
-                 checkpointer: _Thread | None = None) -> None:
+    def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread, checkpointer: _Thread) -> None:
         self.path = path
         self._writer, self._hot, self._cold = writer, hot, cold
         self._checkpointer = checkpointer
@@ -644,7 +643,7 @@ class Store:
         """Copy the WAL into the database (PASSIVE: never waits for, nor holds up, the
         writer or a reader) on the checkpoint thread; SQLite's (busy, WAL frames,
         frames copied)."""
-        t = self._checkpointer or self._writer
+        t = self._checkpointer
 
         def run() -> tuple[int, int, int]:
             busy, frames, copied = t.conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -708,8 +707,7 @@ class Store:
                     await self._checkpoint_task
             # The writer closes last: the last connection to close checkpoints the WAL.
             for t in (self._hot, self._cold, self._checkpointer, self._writer):
-                if t is not None:
-                    await t.close()
+                await t.close()
 
     async def verify(self) -> str | None:
         """A full ``quick_check`` on the cold reader (for a file too large to check

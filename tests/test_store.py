@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
@@ -157,6 +158,11 @@ async def test_insert_plan_round_trip(store: Store) -> None:
     assert all(r.status == "pending" and r.kind == "new" and r.attempts == 0 for r in rows)
     assert await store.planned_days([DAY, "2026-03-05", "2026-03-06"]) == {
         ("a@example.com", DAY), ("c@example.com", DAY), ("a@example.com", "2026-03-05")}
+    # What is not planned among given account-days (one statement, whatever the pool).
+    assert sorted(await store.unplanned([("a@example.com", DAY), ("a@example.com", "2026-03-06"),
+                                         ("c@example.com", "2026-03-05"), ("b@example.com", DAY)])) == [
+        ("a@example.com", "2026-03-06"), ("b@example.com", DAY), ("c@example.com", "2026-03-05")]
+    assert await store.unplanned([]) == []
     due = await store.due_keys([DAY])
     assert sorted(due) == sorted(k for k in keys if k[1] in {r.id for r in rows} or k[2] == "c@example.com")
     assert len(due) == 8
@@ -166,7 +172,26 @@ async def test_insert_plan_round_trip(store: Store) -> None:
     # An empty plan is remembered as planned, with no rows.
     await store.insert_plan([("d@example.com", DAY, 1, 0, [])])
     assert ("d@example.com", DAY) in await store.planned_days([DAY])
+    assert await store.unplanned([("d@example.com", DAY)]) == []
     assert await store.day_rows("d@example.com", DAY) == []
+
+
+async def test_zone_counts_count_each_zone_on_its_own_date(store: Store) -> None:
+    """Status of a large pool: per timezone, the day's sends by status, each zone on its
+    own local date (the accounts array changes with the config, the dates with the day)."""
+    await store.insert_plan([
+        ("a@example.com", DAY, 1, 5, sends(5)),
+        ("b@example.com", DAY, 1, 3, sends(3, start=BASE + 7)),
+        ("c@example.com", "2026-03-05", 1, 2, sends(2, start=BASE + 86400)),
+        ("c@example.com", DAY, 1, 4, sends(4, start=BASE + 20)),
+    ])
+    accounts = json.dumps([["a@example.com", "Europe/Paris"], ["b@example.com", "Asia/Tokyo"],
+                           ["c@example.com", "Asia/Tokyo"]])
+    assert await store.zone_counts(accounts, {"Europe/Paris": DAY, "Asia/Tokyo": DAY}) == {
+        "Europe/Paris": {"pending": 5}, "Asia/Tokyo": {"pending": 7}}
+    # Tokyo a day ahead: only c has a plan there; Paris still on DAY.
+    assert await store.zone_counts(accounts, {"Europe/Paris": DAY, "Asia/Tokyo": "2026-03-05"}) == {
+        "Europe/Paris": {"pending": 5}, "Asia/Tokyo": {"pending": 2}}
 
 
 async def test_commit_send_persists_transition_and_event(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ class Commands:
         self._refreshing: asyncio.Task[None] | None = None
         self._zones: tuple[float, dict[str, dict[str, int]]] | None = None
         self._zones_task: asyncio.Task[None] | None = None
-        self._pairs_json: tuple[tuple[int, tuple[str, ...]], str] | None = None
+        self._pairs_json: tuple[Config, str] | None = None  # the [email, timezone] array of a config
         self._zone_list: tuple[Config, tuple[str, ...]] | None = None
         self._report_lock = asyncio.Lock()
 
@@ -186,14 +186,18 @@ class Commands:
     async def _refresh_zones(self) -> None:
         try:
             store, _, _ = self._parts()
-            todays = self._todays()
-            key = (id(self.d.config), tuple(sorted({d.isoformat() for d in todays.values()})))
-            if self._pairs_json is None or self._pairs_json[0] != key:
-                # Encoded once per config and day (a 100,000-account array is a few MB).
-                text = json.dumps([[a.email, a.timezone, todays[a.email].isoformat()]
-                                   for a in self.d.config.accounts])
-                self._pairs_json = (key, text)
-            self._zones = (time.time(), await store.zone_counts(self._pairs_json[1]))
+            cfg = self.d.config
+            now = time.time() if self.d.firing is None else self.d.firing.now()
+            days = {tz: local_date(tz, now).isoformat() for tz in self._zone_names()}
+            if self._pairs_json is None or self._pairs_json[0] is not cfg:
+                # Encoded once per config (a 100,000-account array is a few MB), in
+                # slices with the loop let run between them (C code keeps the GIL).
+                parts = []
+                for k in range(0, len(cfg.accounts), PACE_LINES):
+                    parts.append(json.dumps([[a.email, a.timezone] for a in cfg.accounts[k:k + PACE_LINES]])[1:-1])
+                    await asyncio.sleep(0)
+                self._pairs_json = (cfg, "[" + ",".join(p for p in parts if p) + "]")
+            self._zones = (time.time(), await store.zone_counts(self._pairs_json[1], days))
         except Exception as e:  # the store closing, or failing: the next status asks again
             log.warning("counting the day for status failed", error=str(e))
         finally:

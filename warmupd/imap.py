@@ -1062,7 +1062,7 @@ class Engagement:
             return "skipped", "no SMTP account to reply from"
         today = self.host.today(account)
         day = today.isoformat()
-        if (account.email, day) not in await self.store.planned_days([day]):
+        if await self.store.unplanned([(account.email, day)]):
             return "skipped", "the day is not planned (yet)"
         links = await self.store.send_links(original.id)
         depth = links[1] if links else 1

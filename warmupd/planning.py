@@ -322,17 +322,18 @@ class Planning:
             todays[a.email] = (a, by_tz[a.timezone][0])
         changed = await self._advance_many(todays)
         await self.store.upsert_accounts(changed)
-        planned = await self.store.planned_days({d.isoformat() for d, _ in by_tz.values()})
+        iso = {d: d.isoformat() for d, _ in by_tz.values()}
+        unplanned = set(await self.store.unplanned([(a.email, iso[day]) async for a, day in _paced(todays.values())]))
         todo = [(a, day) async for a, day in _paced(todays.values())
-                if (a.email, day.isoformat()) not in planned and not self.states[a.email].paused_reason]
+                if (a.email, iso[day]) in unplanned and not self.states[a.email].paused_reason]
         partial: list[tuple[Account, date, float | None, bool]] = []
         async for a, day in _paced(todo):
             begun = now > by_tz[a.timezone][1]
             partial.append((a, day, now if begun else None, begun))
         already = await self.store.count_sent_many(
-            (a.email, day.isoformat()) for a, day, _, begun in partial if begun)
+            [(a.email, iso[day]) async for a, day, _, begun in _paced(partial) if begun])
         items = [(a, day, self.states[a.email].warmup_day, nb, already.get(a.email, 0) if begun else 0)
-                 for a, day, nb, begun in partial]
+                 async for a, day, nb, begun in _paced(partial)]
         if not items:
             return 0
         if background and len(items) > BACKGROUND_AT:

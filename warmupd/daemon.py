@@ -498,7 +498,10 @@ class Daemon:
         if self.store is not None:
             try:
                 await asyncio.wait_for(self.store.close(), timeout=10)
-            except (TimeoutError, StoreError) as e:
+            except TimeoutError:
+                self.log.error("store not closed cleanly", error="closing (the last checkpoint of the WAL) took "
+                               "over 10 s; nothing is lost: the WAL is replayed at the next start")
+            except StoreError as e:
                 self.log.error("store not closed cleanly", error=str(e))
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -158,7 +158,6 @@ async def _plan_and_persist(store: Store, items: Sequence[PlanItem], rng: random
     async def submit(builder: PlanBuilder) -> None:
         nonlocal writer
         await drain()
-        await store.make_room()  # the WAL caught up with, now and then (see Store.WAL_LIMIT)
         writer = asyncio.create_task(store.insert_prepared(builder.finish(), on_commit=fault))
 
     try:

@@ -587,7 +587,8 @@ class Store:
     CHECKPOINT_EVERY = 1.0  # seconds between looks at the WAL while commits come
     CHECKPOINT_AT = 4 * 1024 * 1024  # WAL bytes that make a checkpoint (SQLite's own mark)
     # No journal_size_limit: while a large plan is written the WAL is never quite caught up
-    # (it grew to a few hundred MB at 100,000 accounts) and cutting that file back, on the
+    # (a whole day's plan at 100,000 accounts, 4 M sends in two minutes, left a WAL of
+    # 3-10 GB: an open problem, see the README) and cutting that file back, on the
     # writer's next transaction, held the writer (and the sends' marks) for 1.3 s here.
     # The file is reused from its start once checkpointed, and removed at close.
     # The writer and the cold reader run at a lower OS priority than the event loop's
@@ -596,13 +597,6 @@ class Store:
     # cores of a small machine, and a timer due meanwhile waited for a core: sends during
     # a 10,000-account rollover were 12-18 ms late at p99, 6 ms with this (bench/scale.py).
     BACKGROUND_NICE = 10
-    # A large plan writes chunk after chunk, and a PASSIVE checkpoint never catches up
-    # with a WAL that grows meanwhile: SQLite starts the WAL afresh only after one has
-    # copied every frame. Unchecked, one day's plan at 100,000 accounts left a 9.7 GB WAL
-    # (and a restart that spent seconds reading it). So a plan has the WAL checkpointed
-    # between its chunks (``make_room``), and waits while it holds more than this.
-    WAL_LIMIT = 64 * 1024 * 1024
-    WAL_PATIENCE = 30.0  # seconds a plan waits for that before going on regardless
 
     def __init__(self, path: Path, writer: _Thread, hot: _Thread, cold: _Thread, checkpointer: _Thread) -> None:
         self.path = path
@@ -627,7 +621,6 @@ class Store:
         # insert_plan through json_each (JSON built in and MATERIALIZED: 3.38+), else executemany
         self._json_insert = sqlite3.sqlite_version_info >= (3, 38, 0)
         self.on_health: Callable[[Health], None] | None = None  # called when health changes
-        self._page_size = 4096
 
     # ------------------------------------------------------------ life cycle
 
@@ -639,7 +632,7 @@ class Store:
         base = [f"PRAGMA busy_timeout={cls.BUSY_TIMEOUT_MS}"]
         bg = cls.BACKGROUND_NICE
         writer, hot, cold = _Thread("store-writer", bg), _Thread("store-hot"), _Thread("store-cold", bg)
-        checkpointer = _Thread("store-checkpoint")  # not lowered: a starved checkpoint let the WAL grow to GBs
+        checkpointer = _Thread("store-checkpoint")  # not lowered: the WAL's copy must keep up
         threads = (writer, hot, cold, checkpointer)
         try:
             await writer.call(writer.connect, path, [
@@ -649,7 +642,6 @@ class Store:
             store = cls(path, writer, hot, cold, checkpointer)
             await writer.call(store._migrate_sync, version)
             store._next_id = await writer.call(store._first_free_id)
-            store._page_size = await writer.call(lambda: int(writer.conn().execute("PRAGMA page_size").fetchone()[0]))
             for t in (hot, cold):
                 await t.call(t.connect, path, [*base, "PRAGMA query_only=ON", "PRAGMA cache_size=-65536"])
             await checkpointer.call(checkpointer.connect, path, [*base, "PRAGMA wal_autocheckpoint=0"])
@@ -676,23 +668,6 @@ class Store:
             return int(busy), int(frames), int(copied)
 
         return await t.call(run)
-
-    async def make_room(self) -> None:
-        """Between two chunks of a large plan (nothing of it in flight): a checkpoint,
-        which with the writer idle copies every frame, so that the next chunk starts
-        the WAL afresh; while the WAL is over ``WAL_LIMIT`` (a send's mark came in
-        between), again until one does. Sends' marks never wait here; the plan waits
-        for its own chunk's copy (about 1/10 of its time), at most ``WAL_PATIENCE``."""
-        end = time.monotonic() + self.WAL_PATIENCE
-        while not self._closed:
-            _, frames, copied = await self.checkpoint()
-            if copied == frames or frames * self._page_size <= self.WAL_LIMIT:
-                return
-            if time.monotonic() > end:
-                log.warning("the WAL keeps growing: no checkpoint caught up with it; planning goes on",
-                            database=str(self.path), wal_mb=round(frames * self._page_size / 2**20))
-                return
-            await asyncio.sleep(0.01)
 
     async def _checkpoints(self) -> None:
         """A checkpoint once commits have made the WAL ``CHECKPOINT_AT`` bytes long (looked

@@ -43,6 +43,9 @@ Per N (each in its own folder under /tmp, removed afterwards unless ``--keep-dir
     ``status``: at 10,000 accounts one status answer holds the daemon's loop for about
     half a second, which would show up as lateness. Sends planned during start-up
     (sent late on purpose, or skipped) are counted apart;
+  - before the restart, the fresh run is let finish its background plan of the whole
+    day (status without ``planning``; at most ``--plan-timeout`` s, "whole day planned
+    after"), so that the restart is over the whole stored day;
   - the rollover (``--skip-rollover`` to leave it out): a fresh pool (same zones and
     accounts) in its own state folder, with the daemon *and* the recorder started under
     libfaketime with the same relative offset (``FAKETIME=+S``, ``FAKETIME_DONT_RESET=1``,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -451,5 +453,24 @@ async def test_a_large_plan_stops_between_chunks_when_the_daemon_stops(tmp_path:
         assert chunks[-1] == len(planned)
         rest = [it for it in items if (it[0].email, day.isoformat()) not in planned]
         assert len(rest) == 600 - len(planned)  # left for the next start's plan_missing
+    finally:
+        await s.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread on Linux only")
+async def test_background_threads_run_below_the_loops_priority(tmp_path: Path) -> None:
+    # While a large plan is written, SQLite on the writer and the cold reader filled both
+    # cores and a send's timer waited for one: they run at a lower priority than the
+    # loop's thread; the hot reader (the send path) and the checkpointer do not.
+    import threading
+
+    s = await Store.open(tmp_path / "state" / "warmupd.db")
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        nice = {t.name.rsplit("_", 1)[0]: os.getpriority(os.PRIO_PROCESS, t.native_id or 0)
+                for t in threading.enumerate() if t.name.startswith("warmupd-store-")}
+        assert nice == {"warmupd-store-writer": min(19, base + Store.BACKGROUND_NICE),
+                        "warmupd-store-cold": min(19, base + Store.BACKGROUND_NICE),
+                        "warmupd-store-hot": base, "warmupd-store-checkpoint": base}
     finally:
         await s.close()

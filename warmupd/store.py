@@ -323,6 +323,12 @@ _EVENT_SQL = ("INSERT INTO events (at_ms, send_id, account, from_status, to_stat
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
 
 
+def _json_rows(rows: Iterable[Any]) -> str:
+    """A JSON array of ``rows``, encoded one row at a time: on a store thread, one C
+    encode of tens of thousands of rows keeps the GIL (and the event loop) for tens of ms."""
+    return "[" + ",".join([_json(r) for r in rows]) + "]"
+
+
 def _from_json(n: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n)) + " FROM json_each(?1)"
 
@@ -859,9 +865,8 @@ class Store:
             # Encoded here, a row at a time: one encode of a rollover's 33,000 states held
             # the event loop for 100 ms (C code keeps the GIL), and the rows written are
             # the states as they are when the write runs, never older than a later write.
-            text = "[" + ",".join([_json((st.email, st.warmup_day, st.advanced_through, st.paused_reason,
-                                          st.paused_ms, st.hold_until, st.hold_reason, stamp, st.hold_cut,
-                                          st.graduated)) for st in states]) + "]"
+            text = _json_rows((st.email, st.warmup_day, st.advanced_through, st.paused_reason, st.paused_ms,
+                               st.hold_until, st.hold_reason, stamp, st.hold_cut, st.graduated) for st in states)
             con.execute(
                 "INSERT INTO accounts (email, warmup_day, advanced_through, paused_reason, paused_ms, "
                 "hold_until, hold_reason, updated_ms, hold_cut, graduated) SELECT "
@@ -917,7 +922,7 @@ class Store:
             return []
 
         def q(con: sqlite3.Connection) -> list[tuple[str, str]]:
-            text = con.execute(_UNPLANNED_SQL, (_json(pairs),)).fetchone()[0]
+            text = con.execute(_UNPLANNED_SQL, (_json_rows(pairs),)).fetchone()[0]
             return [(str(e), str(d)) for e, d in json.loads(text)]
 
         return await self.read(q)
